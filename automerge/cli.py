@@ -1,0 +1,39 @@
+"""The `automerge` command line: a thin typer app; each sub-package registers its own commands."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from automerge.errors import AutomergeError
+
+app = typer.Typer(
+    name="automerge",
+    help="Find the best way to merge fine-tuned LLM specialists that share one base model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_commands() -> None:
+    # Imported here so `automerge --help` stays fast and each sub-package owns its commands.
+    from automerge import merge_cli
+
+    merge_cli.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except AutomergeError as err:
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
