@@ -29,7 +29,7 @@ _register_commands()
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        app()
     except AutomergeError as err:
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         sys.exit(2)

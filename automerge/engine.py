@@ -1,0 +1,387 @@
+"""ResidentMerger: read base and specialists once, then merge into one live model per trial.
+
+    merger = ResidentMerger(base="zoo:base", specialists={"code": "zoo:code", "lang": "zoo:lang"})
+    merger.apply(recipe)        # rewrites merger.model's weights in place; no disk I/O
+    evaluator.run(merger.model, ...)
+
+What stays on the device between trials: the base tensors, the task vectors d_i = x_i - b
+(stacked [k, *shape] per tensor), and statistics many trials reuse — magnitude thresholds
+for TIES (one sort per tensor, then a lookup per density), the L1 norm of every task vector,
+and the uniform noise that DARE/DELLA masks compare against (per recipe seed).
+
+The hot methods (linear, task arithmetic, TIES, DARE) run as one fused pass over each tensor
+in cache-sized chunks, writing straight into the live parameter; every other method calls
+its pure function from `automerge.methods` on the whole tensor. Both paths compute the same
+numbers as `automerge.methods` (tested), so a recipe gives the same weights everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+
+from automerge.checkpoints import Checkpoint, check_compatible, resolve_model_path, save_checkpoint
+from automerge.errors import RecipeError
+from automerge.layers import LayerGrouping
+from automerge.methods import (
+    MergeMethod,
+    get_method,
+    magnitude_threshold,
+    random_noise,
+)
+from automerge.recipe import Recipe
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Methods with a fused, chunked kernel below; the rest go through methods.merge_tensor.
+FUSED = {"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"}
+# Densities are looked up on this grid of k = int(density * n); others are computed exactly once.
+THRESHOLD_GRID = 1000
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+@dataclass
+class _Tensor:
+    """Everything resident for one checkpoint tensor."""
+
+    name: str
+    param: torch.Tensor  # the live model's tensor, written in place
+    base: torch.Tensor  # [*shape] in the storage dtype
+    deltas: torch.Tensor  # [k, *shape] task vectors in the storage dtype
+    group: str = ""
+
+
+class ResidentMerger:
+    """Base and task vectors resident on the device; `apply` rewrites one live model in place."""
+
+    def __init__(
+        self,
+        *,
+        base: str | Path,
+        specialists: Mapping[str, str | Path],
+        device: str = "auto",
+        dtype: str = "float32",
+        fisher: Mapping[str, str | Path] | None = None,
+        chunk_elements: int | None = None,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not specialists:
+            raise RecipeError("ResidentMerger needs at least one specialist model")
+        if dtype not in DTYPES:
+            raise RecipeError(f"dtype {dtype!r} not supported; use one of {', '.join(DTYPES)}")
+        self.device = pick_device(device)
+        self.dtype = DTYPES[dtype]
+        # Every check happens before any tensor data is read.
+        self.base_checkpoint = Checkpoint.open(resolve_model_path(base))
+        self.names = list(specialists)
+        self.checkpoints = [Checkpoint.open(resolve_model_path(p)) for p in specialists.values()]
+        check_compatible(self.base_checkpoint, self.checkpoints)
+        self.fisher_paths = {k: Path(v) for k, v in (fisher or {}).items()}
+        # On a GPU one chunk is a whole tensor (kernel launches are the cost); on a CPU a chunk
+        # fits in cache, so the fused kernel's intermediate passes never touch DRAM.
+        self.chunk = chunk_elements or (1 << 26 if self.device.type == "cuda" else 1 << 16)
+
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.base_checkpoint.path, dtype=self.dtype, device_map=None
+        ).to(self.device)
+        self.model.eval()
+        self.model.requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.base_checkpoint.path)
+
+        live = self._live_tensors()
+        self.tensors: list[_Tensor] = []
+        with torch.no_grad():
+            for name in self.base_checkpoint.names:
+                param = live[name]
+                base_t = param.detach().to(self.dtype).clone()
+                deltas = torch.empty((len(self.checkpoints), *param.shape), dtype=self.dtype, device=self.device)
+                for i, ckpt in enumerate(self.checkpoints):
+                    x = ckpt.read(name, dtype=torch.float32, device=self.device)
+                    deltas[i] = (x - base_t.float()).to(self.dtype)
+                self.tensors.append(_Tensor(name=name, param=param, base=base_t, deltas=deltas))
+        self.num_layers = self.base_checkpoint.num_layers
+        self._grouping: LayerGrouping | None = None
+        self._thresholds: dict[tuple[int, int], float] = {}  # (tensor idx, specialist, k) -> |d| threshold
+        self._sorted_grid: dict[int, torch.Tensor] = {}  # tensor idx -> [k_specialists, grid+1] thresholds
+        self._l1: dict[int, torch.Tensor] = {}  # tensor idx -> ||d_i||_1 per specialist (fp32)
+        self._noise_seed: int | None = None
+        self._noise: dict[int, torch.Tensor] = {}
+        self._fisher: dict[str, torch.Tensor] | None = None
+
+    def _live_tensors(self) -> dict[str, torch.Tensor]:
+        """Checkpoint tensor name -> the live model's tensor holding it.
+
+        Names usually agree; where transformers renames on load (GPT-NeoX's embed_out is
+        lm_head in memory), the live tensor with the same shape and the same loaded values is it.
+        """
+        state = {k: v.data for k, v in self.model.state_dict(keep_vars=True).items()}
+        names = self.base_checkpoint.names
+        live = {n: state[n] for n in names if n in state}
+        unclaimed = {k: v for k, v in state.items() if k not in live}
+        for name in names:
+            if name in live:
+                continue
+            stored = self.base_checkpoint.read(name, dtype=self.dtype, device=self.device)
+            match = next((k for k, v in unclaimed.items() if v.shape == stored.shape and torch.equal(v, stored)), None)
+            if match is None:
+                raise RecipeError(
+                    f"tensor {name} of {self.base_checkpoint.path} has no parameter in the loaded "
+                    f"{type(self.model).__name__}; the checkpoint and its config.json disagree"
+                )
+            live[name] = unclaimed.pop(match)
+        return live
+
+    # -- public ----------------------------------------------------------------------------
+
+    @property
+    def tensor_names(self) -> list[str]:
+        return [t.name for t in self.tensors]
+
+    def grouping(self, recipe: Recipe) -> LayerGrouping:
+        return recipe.grouping(self.num_layers)
+
+    def apply(self, recipe: Recipe) -> None:
+        """Write recipe's merge into self.model. Validates everything before touching a weight."""
+        method = get_method(recipe.method)
+        order = self._specialist_order(recipe)
+        grouping = self.grouping(recipe)
+        recipe.validate_for(grouping)
+        resolved = {g: self._checked(method, recipe, g) for g in grouping.groups()}
+        if method.random:
+            self._ensure_noise(recipe.seed)
+        fisher = self._ensure_fisher() if method.name == "fisher" else None
+        with torch.no_grad():
+            for idx, t in enumerate(self.tensors):
+                params, per_model = resolved[grouping.group_of(t.name)]
+                per_model = [per_model[j] for j in order]
+                if method.name in FUSED:
+                    self._fused(idx, t, method.name, params, per_model)
+                else:
+                    self._reference(idx, t, method, params, per_model, fisher)
+
+    def state_dict_iter(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Merged tensors under their checkpoint names, on the CPU (for saving)."""
+        for t in self.tensors:
+            yield t.name, t.param.detach().to("cpu")
+
+    def save(self, out_dir: str | Path, *, dtype: str | None = None, metadata: Mapping[str, str] | None = None,
+             overwrite: bool = False) -> Path:
+        return save_checkpoint(
+            self.state_dict_iter(), out_dir, source=self.base_checkpoint,
+            dtype=DTYPES[dtype] if dtype else None, metadata=metadata, overwrite=overwrite,
+        )
+
+    # -- validation ------------------------------------------------------------------------
+
+    def _specialist_order(self, recipe: Recipe) -> list[int]:
+        """Index of each loaded specialist in recipe.models (the recipe may list them in any order)."""
+        names = [m.name for m in recipe.models]
+        unknown = [n for n in names if n not in self.names]
+        if unknown:
+            raise RecipeError(
+                f"recipe names model(s) {', '.join(unknown)} that are not loaded; loaded specialists: "
+                f"{', '.join(self.names)}"
+            )
+        missing = [n for n in self.names if n not in names]
+        if missing:
+            raise RecipeError(
+                f"recipe gives no parameters for loaded specialist(s) {', '.join(missing)}; "
+                "list every specialist (use weight 0 to leave one out)"
+            )
+        return [names.index(n) for n in self.names]
+
+    @staticmethod
+    def _checked(method: MergeMethod, recipe: Recipe, group: str) -> tuple[dict, list[dict]]:
+        params, per_model = recipe._resolve_group(group)
+        return method.check_params(params, per_model)
+
+    # -- caches ----------------------------------------------------------------------------
+
+    def _ensure_noise(self, seed: int) -> None:
+        if self._noise_seed != seed:
+            self._noise = {}
+            self._noise_seed = seed
+
+    def _noise_for(self, idx: int, t: _Tensor) -> torch.Tensor:
+        noise = self._noise.get(idx)
+        if noise is None:
+            noise = random_noise(tuple(t.deltas.shape), seed=self._noise_seed, tensor_name=t.name).to(self.device)
+            self._noise[idx] = noise
+        return noise
+
+    def _l1_norms(self, idx: int, t: _Tensor) -> torch.Tensor:
+        norms = self._l1.get(idx)
+        if norms is None:
+            norms = t.deltas.float().abs().flatten(1).sum(1)
+            self._l1[idx] = norms
+        return norms
+
+    def _threshold(self, idx: int, t: _Tensor, i: int, density: float) -> float:
+        """|d| threshold keeping the int(density*n) largest entries of specialist i's task vector."""
+        n = t.deltas[i].numel()
+        k = int(density * n)
+        key = (idx, i, k)
+        thr = self._thresholds.get(key)
+        if thr is None:
+            grid = self._sorted_grid.get(idx)
+            if grid is None:
+                grid = self._build_grid(t)
+                self._sorted_grid[idx] = grid
+            j = k * THRESHOLD_GRID / n if n else 0
+            if k > 0 and j == int(j):
+                thr = float(grid[i, int(j)])
+            else:
+                thr = magnitude_threshold(t.deltas[i].float().abs(), density)
+            self._thresholds[key] = thr
+        return thr
+
+    def _build_grid(self, t: _Tensor) -> torch.Tensor:
+        """Thresholds at k = n*j/GRID for every specialist: one sort per tensor, then lookups."""
+        rows = []
+        for i in range(t.deltas.shape[0]):
+            ordered = t.deltas[i].float().abs().flatten().sort(descending=True).values
+            n = ordered.numel()
+            ks = [n * j // THRESHOLD_GRID for j in range(THRESHOLD_GRID + 1)]
+            rows.append(torch.tensor([float(ordered[k - 1]) if k > 0 else math.inf for k in ks]))
+            del ordered
+        return torch.stack(rows)
+
+    def _ensure_fisher(self) -> dict[str, torch.Tensor]:
+        if self._fisher is None:
+            from automerge.fisher import load_fisher
+
+            missing = [n for n in self.names if n not in self.fisher_paths]
+            if missing:
+                raise RecipeError(
+                    f"method 'fisher' needs a Fisher estimate for {', '.join(missing)}; run "
+                    "`automerge fisher MODEL DATA OUT` and pass fisher={name: OUT}"
+                )
+            per_model = [load_fisher(self.fisher_paths[n]) for n in self.names]
+            self._fisher = {
+                t.name: torch.stack([f[t.name].to(self.device, torch.float32) for f in per_model])
+                for t in self.tensors
+            }
+        return self._fisher
+
+    # -- merging ---------------------------------------------------------------------------
+
+    def _reference(self, idx: int, t: _Tensor, method: MergeMethod, params: dict, per_model: list[dict],
+                   fisher: dict[str, torch.Tensor] | None) -> None:
+        merged = method.merge_tensor(
+            t.base.float(),
+            t.deltas.float(),
+            per_model={key: [pm[key] for pm in per_model] for key in per_model[0]} if per_model else {},
+            params=params,
+            noise=self._noise_for(idx, t) if method.random else None,
+            fisher=fisher[t.name] if fisher is not None else None,
+            tensor_name=t.name,
+        )
+        t.param.copy_(merged)
+
+    def _fused(self, idx: int, t: _Tensor, method: str, params: dict, per_model: list[dict]) -> None:
+        """One pass over the tensor in chunks: sparsify, weight, elect signs, combine, write."""
+        k = t.deltas.shape[0]
+        dev = self.device
+        weights = torch.tensor([pm["weight"] for pm in per_model], dtype=torch.float32, device=dev)
+        lam = float(params.get("lambda", 1.0))
+        normalize = bool(params.get("normalize", False))
+        consensus = method in ("ties", "dare_ties")
+        out = t.param.view(-1)
+        base = t.base.view(-1)
+        deltas = t.deltas.view(k, -1)
+
+        if method == "linear":
+            # sum_i w_i x_i (/ sum_i w_i) = s*b + sum_i w_i d_i with s = sum w (1 when normalized)
+            total = float(weights.sum())
+            scale = 1.0 / total if normalize else 1.0
+            coef = [float(w) * scale for w in weights]
+            base_coef = total * scale
+            for s in range(0, out.numel(), self.chunk):
+                e = s + self.chunk
+                acc = base[s:e].to(torch.float32, copy=True).mul_(base_coef)
+                _axpy(acc, coef, deltas[:, s:e])
+                out[s:e].copy_(acc)
+            return
+
+        if method == "task_arithmetic":
+            divisor = float(weights.sum()) if normalize else 1.0
+            divisor = 1.0 if abs(divisor) < 1e-8 else divisor
+            coef = [float(w) * lam / divisor for w in weights]
+            for s in range(0, out.numel(), self.chunk):
+                e = s + self.chunk
+                acc = base[s:e].to(torch.float32, copy=True)  # never write into the resident base
+                _axpy(acc, coef, deltas[:, s:e])
+                out[s:e].copy_(acc)
+            return
+
+        densities = [float(pm.get("density", 1.0)) for pm in per_model]
+        if method == "ties":
+            thresholds = torch.tensor(
+                [self._threshold(idx, t, i, d) if d < 1 else 0.0 for i, d in enumerate(densities)],
+                dtype=torch.float32, device=dev,
+            ).unsqueeze(1)
+            keep_all = torch.tensor([d >= 1 for d in densities], device=dev).unsqueeze(1)
+            rescale = None
+            noise = None
+        else:  # dare_*: keep where noise < density, then L1-rescale (two passes: norms, then combine)
+            noise = self._noise_for(idx, t).view(k, -1)
+            dens = torch.tensor(densities, dtype=torch.float32, device=dev).unsqueeze(1)
+            keep_all = (dens >= 1)
+            thresholds = None
+            rescale = None
+            if bool(params.get("rescale", True)):
+                kept_l1 = torch.zeros(k, dtype=torch.float32, device=dev)
+                for s in range(0, out.numel(), self.chunk):
+                    e = s + self.chunk
+                    d = deltas[:, s:e].float()
+                    kept_l1 += torch.where((noise[:, s:e] < dens) | keep_all, d, 0).abs().sum(1)
+                before = self._l1_norms(idx, t)
+                ok = (before != 0) & (kept_l1 != 0)
+                rescale = torch.where(ok, before / torch.where(ok, kept_l1, 1.0), 1.0)
+                rescale = torch.where(keep_all.squeeze(1), 1.0, rescale)
+        w_col = weights.unsqueeze(1)
+        for s in range(0, out.numel(), self.chunk):
+            e = s + self.chunk
+            d = deltas[:, s:e].float()
+            if thresholds is not None:
+                keep = (d.abs() >= thresholds) | keep_all
+            else:
+                keep = (noise[:, s:e] < dens) | keep_all
+            u = torch.where(keep, d, 0.0)
+            coef = w_col if rescale is None else w_col * rescale.unsqueeze(1)
+            u.mul_(coef)
+            if consensus:
+                elected = torch.where(u.sum(0) >= 0, 1.0, -1.0)
+                mask = u.sign() == elected
+                mixed = torch.where(mask, u, 0.0).sum(0)
+                if normalize:
+                    divisor = torch.where(mask, w_col, 0.0).sum(0)
+                    divisor = torch.where(divisor == 0, 1.0, divisor)
+                    mixed.div_(divisor)
+            else:
+                mixed = u.sum(0)
+                if normalize:
+                    total = float(weights.sum())
+                    mixed.div_(1.0 if abs(total) < 1e-8 else total)
+            if lam != 1.0:
+                mixed.mul_(lam)
+            mixed.add_(base[s:e].float())
+            out[s:e].copy_(mixed)
+
+
+def _axpy(acc: torch.Tensor, coef: list[float], deltas: torch.Tensor) -> None:
+    """acc += sum_i coef_i * deltas_i, in place, without a [k, chunk] temporary."""
+    for i, c in enumerate(coef):
+        acc.add_(deltas[i], alpha=c)

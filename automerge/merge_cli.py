@@ -1,0 +1,41 @@
+"""`automerge merge RECIPE OUT_DIR`: one merge, written as a Hugging Face model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from automerge.errors import RecipeError
+
+
+def merge_command(
+    recipe_path: Path = typer.Argument(..., help="An automerge recipe or a mergekit YAML."),
+    out_dir: Path = typer.Argument(..., help="Output model directory (must not exist or be empty)."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
+    dtype: Optional[str] = typer.Option(None, help="Output dtype: float32, float16 or bfloat16 (default: the recipe's)."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty OUT_DIR."),
+) -> None:
+    """Merge the recipe's models and save the result (loads with AutoModelForCausalLM.from_pretrained)."""
+    from automerge.engine import DTYPES, ResidentMerger
+    from automerge.recipe import Recipe
+
+    recipe = Recipe.load(recipe_path)
+    out_dtype = dtype or recipe.dtype
+    if out_dtype not in DTYPES:
+        raise RecipeError(f"--dtype {out_dtype!r} not supported; use one of {', '.join(DTYPES)}")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise RecipeError(f"output directory {out_dir} is not empty; choose another or pass --overwrite")
+    recipe.validate_for(None)  # cheap checks before any model is read
+    # linear needs no base; the first model then serves as the reference its task vectors start from.
+    merger = ResidentMerger(
+        base=recipe.base or recipe.models[0].path, specialists={m.name: m.path for m in recipe.models}, device=device, dtype="float32"
+    )
+    merger.apply(recipe)
+    merger.save(out_dir, dtype=out_dtype, metadata={"automerge_recipe": recipe.to_yaml()}, overwrite=overwrite)
+    typer.echo(f"merged {recipe.method} of {', '.join(m.name for m in recipe.models)} -> {out_dir}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("merge")(merge_command)

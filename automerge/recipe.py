@@ -1,0 +1,373 @@
+"""A Recipe is one concrete merge: the unit users keep, export and re-apply.
+
+    method: ties
+    base: zoo:base
+    models:
+      - name: code
+        path: zoo:code
+        parameters: {weight: 0.7, density: {block0: 0.3, default: 0.6}}
+      - name: lang
+        path: zoo:lang
+        parameters: {weight: 0.5, density: 0.5}
+    parameters: {lambda: 1.0}
+    num_groups: 2
+    seed: 0
+
+A parameter value is a number (every tensor) or a mapping from layer group to number
+(see `automerge.layers.LayerGrouping`). A tensor in group ``block1.attn`` looks up, in
+order, ``block1.attn``, ``block1``, ``attn``, ``default``; ``embed`` and ``head`` look up
+themselves, then ``default``.
+
+A Recipe exports to a mergekit YAML that makes mergekit compute the same tensors: group
+values become per-layer / per-tensor ``filter`` lists (first match wins), never gradients.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from automerge.errors import RecipeError
+from automerge.layers import LayerGrouping, layer_index
+
+GroupValue = Union[float, dict[str, float]]
+ParamValue = Union[bool, float, dict[str, float]]
+
+_GROUP_KEY = re.compile(r"^(embed|head|attn|mlp|default|block\d+|block\d+\.(attn|mlp))$")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _check_group_keys(where: str, value: Any) -> None:
+    if isinstance(value, dict):
+        if not value:
+            raise RecipeError(f"{where}: empty mapping; give a number or at least one layer group")
+        for key in value:
+            if not _GROUP_KEY.match(str(key)):
+                raise RecipeError(
+                    f"{where}: unknown layer group {key!r}; use embed, head, attn, mlp, default, "
+                    "blockN or blockN.attn / blockN.mlp"
+                )
+
+
+def lookup_keys(group: str) -> list[str]:
+    """The keys a group-valued parameter is searched for, most specific first."""
+    if "." in group:
+        block, role = group.split(".", 1)
+        return [group, block, role, "default"]
+    return [group, "default"]
+
+
+def resolve_value(value: Any, group: str, *, where: str) -> Any:
+    """The concrete value of a (possibly group-valued) parameter for one layer group."""
+    if not isinstance(value, dict):
+        return value
+    for key in lookup_keys(group):
+        if key in value:
+            return value[key]
+    raise RecipeError(
+        f"{where}: no value for layer group {group!r} (looked up {', '.join(lookup_keys(group))}); "
+        "add that group or a 'default'"
+    )
+
+
+class ModelSpec(BaseModel):
+    """One specialist of a merge: a name used in searches, a path and its per-model parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: str
+    parameters: dict[str, GroupValue] = Field(default_factory=dict)
+
+
+class Recipe(BaseModel):
+    """One concrete merge, validated against the method's typed parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    base: str | None = None
+    models: list[ModelSpec]
+    parameters: dict[str, ParamValue] = Field(default_factory=dict)
+    num_groups: int = Field(1, ge=1)
+    split_attn_mlp: bool = False
+    seed: int = 0
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        names = [m.name for m in models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
+        return models
+
+    # -- validation ----------------------------------------------------------------------
+
+    def validate_for(self, grouping: LayerGrouping | None = None) -> None:
+        """Check method, model count and every parameter in every layer group; raise RecipeError.
+
+        Without a grouping only the scalar form of each value is checked (group keys are
+        checked for syntax); with one, every group of the model is resolved and checked.
+        """
+        from automerge.methods import get_method
+
+        method = get_method(self.method)
+        k = len(self.models)
+        if k < method.min_models or (method.max_models is not None and k > method.max_models):
+            most = "any number" if method.max_models is None else str(method.max_models)
+            raise RecipeError(
+                f"method {self.method!r} takes {method.min_models} to {most} specialist models; "
+                f"the recipe lists {k}"
+            )
+        if method.needs_base and not self.base:
+            raise RecipeError(f"method {self.method!r} needs a base model; set 'base:' in the recipe")
+        for name, value in self.parameters.items():
+            _check_group_keys(f"parameters.{name}", value)
+        for m in self.models:
+            for name, value in m.parameters.items():
+                _check_group_keys(f"models[{m.name}].parameters.{name}", value)
+        groups = grouping.groups() if grouping is not None else ["default"]
+        if grouping is not None and grouping.num_groups != self.num_groups:
+            raise RecipeError(
+                f"recipe has num_groups={self.num_groups} but was checked with {grouping.num_groups}"
+            )
+        for group in groups:
+            params, per_model = self._resolve_group(group, lenient=grouping is None)
+            method.check_params(params, per_model)
+
+    def _resolve_group(self, group: str, *, lenient: bool = False) -> tuple[dict, list[dict]]:
+        def one(value: Any, where: str) -> Any:
+            if lenient and isinstance(value, dict):
+                # Without a grouping, check every number the mapping holds: take the first.
+                return next(iter(value.values()))
+            return resolve_value(value, group, where=where)
+
+        params = {k: one(v, f"parameters.{k}") for k, v in self.parameters.items()}
+        per_model = [
+            {k: one(v, f"models[{m.name}].parameters.{k}") for k, v in m.parameters.items()}
+            for m in self.models
+        ]
+        return params, per_model
+
+    def resolve(self, tensor_name: str, grouping: LayerGrouping) -> tuple[dict, list[dict]]:
+        """Concrete global and per-model parameters for one tensor (defaults not filled)."""
+        return self._resolve_group(grouping.group_of(tensor_name))
+
+    def grouping(self, num_layers: int) -> LayerGrouping:
+        if self.num_groups > num_layers:
+            raise RecipeError(
+                f"num_groups={self.num_groups} but the model has only {num_layers} layers; "
+                f"use at most {num_layers}"
+            )
+        return LayerGrouping(
+            num_layers=num_layers, num_groups=self.num_groups, split_attn_mlp=self.split_attn_mlp
+        )
+
+    # -- YAML ----------------------------------------------------------------------------
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        return write_text_atomic(Path(path), self.to_yaml())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "recipe") -> "Recipe":
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            raise RecipeError(f"{source}: {where}: {first['msg']}") from None
+
+    @classmethod
+    def from_yaml(cls, text: str, *, source: str = "recipe") -> "Recipe":
+        data = _parse_yaml(text, source)
+        if is_mergekit_config(data):
+            return cls.from_mergekit(data, source=source)
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Recipe":
+        """An automerge recipe or a mergekit YAML."""
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file {path} does not exist")
+        return cls.from_yaml(path.read_text(), source=str(path))
+
+    # -- mergekit ------------------------------------------------------------------------
+
+    def to_mergekit(self, tensor_names: Sequence[str], grouping: LayerGrouping) -> dict:
+        """A mergekit configuration that computes the same tensors (fp32 math, our dtype out)."""
+        from automerge.methods import get_method
+
+        method = get_method(self.method)
+        if method.mergekit_name is None:
+            raise RecipeError(f"method {self.method!r} has no mergekit equivalent; export the model instead")
+        names = list(tensor_names)
+
+        def setting(value: Any) -> Any:
+            if not isinstance(value, dict):
+                return value
+            per_tensor = {n: resolve_value(value, grouping.group_of(n), where="export") for n in names}
+            return _filters(per_tensor)
+
+        models = []
+        if method.name == "slerp":
+            # mergekit's slerp interpolates between base_model (t=0) and the other model (t=1).
+            models.append({"model": self.base})
+        for m in self.models:
+            entry: dict[str, Any] = {"model": m.path}
+            if m.parameters:
+                entry["parameters"] = {k: setting(v) for k, v in m.parameters.items()}
+            models.append(entry)
+        config: dict[str, Any] = {"merge_method": method.mergekit_name, "models": models}
+        if self.base is not None:
+            config["base_model"] = self.base
+        if self.parameters:
+            config["parameters"] = {k: setting(v) for k, v in self.parameters.items()}
+        config["dtype"] = "float32"
+        config["out_dtype"] = self.dtype
+        return config
+
+    @classmethod
+    def from_mergekit(cls, data: Mapping[str, Any], *, source: str = "mergekit config") -> "Recipe":
+        """Import the part of mergekit's format that maps onto a Recipe; refuse the rest by name."""
+        from automerge.methods import METHODS
+
+        for key in ("slices", "modules", "tokenizer_source", "tokenizer", "chat_template"):
+            if data.get(key):
+                raise RecipeError(f"{source}: mergekit key {key!r} is not supported by automerge; remove it")
+        by_mergekit = {m.mergekit_name: m.name for m in METHODS.values() if m.mergekit_name}
+        mk_method = data.get("merge_method")
+        if mk_method not in by_mergekit:
+            raise RecipeError(
+                f"{source}: merge_method {mk_method!r} has no automerge equivalent; "
+                f"supported: {', '.join(sorted(by_mergekit))}"
+            )
+        method = by_mergekit[mk_method]
+        base = data.get("base_model")
+        base = _model_path(base) if base is not None else None
+        models = []
+        for i, entry in enumerate(data.get("models") or []):
+            path = _model_path(entry.get("model"))
+            if path == base:
+                continue  # the base appears among mergekit's models for slerp and some others
+            params = {k: _group_value(v, f"{source}: models[{i}].parameters.{k}")
+                      for k, v in (entry.get("parameters") or {}).items()}
+            models.append(ModelSpec(name=_unique_name(path, models), path=path, parameters=params))
+        global_params = {k: _group_value(v, f"{source}: parameters.{k}")
+                         for k, v in (data.get("parameters") or {}).items() if k != "int8_mask"}
+        dtype = data.get("out_dtype") or data.get("dtype") or "float32"
+        if dtype not in DTYPES:
+            raise RecipeError(f"{source}: dtype {dtype!r} not supported; use one of {', '.join(DTYPES)}")
+        return cls(method=method, base=base, models=models, parameters=global_params, dtype=dtype)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def is_mergekit_config(data: Mapping[str, Any]) -> bool:
+    return "merge_method" in data
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    return Recipe.load(path)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write a file via a temporary sibling and rename, so no partial file is ever seen."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _parse_yaml(text: str, source: str) -> dict:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{source}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: expected a mapping at the top level")
+    return data
+
+
+def _model_path(ref: Any) -> str:
+    if isinstance(ref, dict):  # mergekit's {model: path, lora: ...} form
+        if ref.get("lora"):
+            raise RecipeError("mergekit LoRA model references are not supported; merge the LoRA first")
+        ref = ref.get("model") or ref.get("path")
+    if not isinstance(ref, str):
+        raise RecipeError(f"mergekit model reference {ref!r} is not a path")
+    return ref
+
+
+def _unique_name(path: str, taken: Sequence[ModelSpec]) -> str:
+    stem = Path(path.rstrip("/")).name.replace("zoo:", "") or "model"
+    stem = stem.split(":")[-1]
+    names = {m.name for m in taken}
+    name, i = stem, 2
+    while name in names:
+        name, i = f"{stem}-{i}", i + 1
+    return name
+
+
+_LAYER_FILTER = re.compile(r"^(?P<prefix>.*?\.)(?P<index>\d+)\.$")
+
+
+def _group_value(value: Any, where: str) -> Any:
+    """A mergekit setting that is a scalar or a filter list made by `_filters` (or equivalent)."""
+    if isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+        raise RecipeError(
+            f"{where}: gradients (lists of numbers interpolated over layers) do not map onto layer "
+            "groups; use per-layer filters or a scalar"
+        )
+    raise RecipeError(
+        f"{where}: only scalar values import; per-tensor filters do not map back onto layer groups "
+        "uniquely — keep the automerge recipe (automerge export --recipe) alongside the mergekit YAML"
+    )
+
+
+def _filters(per_tensor: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per-tensor values as a mergekit filter list: one entry per layer when its tensors agree.
+
+    Filters are substrings and the first match wins: a layer filter ends with a dot
+    (``model.layers.3.`` never matches layer 30), other tensors are named in full.
+    """
+    by_layer: dict[str, dict[str, Any]] = {}
+    entries: list[dict[str, Any]] = []
+    for name, value in per_tensor.items():
+        i = layer_index(name)
+        if i is None:
+            entries.append({"filter": name, "value": value})
+            continue
+        marker = f".{i}."
+        prefix = name[: name.index(marker) + len(marker)]
+        by_layer.setdefault(prefix, {})[name] = value
+    for prefix, tensors in by_layer.items():
+        values = set(tensors.values())
+        if len(values) == 1:
+            entries.append({"filter": prefix, "value": values.pop()})
+        else:
+            entries.extend({"filter": n, "value": v} for n, v in tensors.items())
+    most_common = Counter(per_tensor.values()).most_common(1)[0][0]
+    entries.append({"value": most_common})
+    return entries
