@@ -17,11 +17,17 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Find the best way to merge fine-tuned LLM specialists that share one base model."""
+
+
 def _register_commands() -> None:
-    # Imported here so `automerge --help` stays fast and each sub-package owns its commands.
-    from automerge import merge_cli
+    # Each sub-package owns its commands; heavy imports happen inside the commands.
+    from automerge import fisher, merge_cli
 
     merge_cli.register(app)
+    fisher.register(app)
 
 
 _register_commands()

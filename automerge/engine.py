@@ -30,6 +30,7 @@ from automerge.layers import LayerGrouping
 from automerge.methods import (
     MergeMethod,
     get_method,
+    magnitude_k,
     magnitude_threshold,
     random_noise,
 )
@@ -38,6 +39,7 @@ from automerge.recipe import Recipe
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Methods with a fused, chunked kernel below; the rest go through methods.merge_tensor.
 FUSED = {"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"}
+L1_EPS = 1e-7
 # Densities are looked up on this grid of k = int(density * n); others are computed exactly once.
 THRESHOLD_GRID = 1000
 
@@ -166,7 +168,7 @@ class ResidentMerger:
             for idx, t in enumerate(self.tensors):
                 params, per_model = resolved[grouping.group_of(t.name)]
                 per_model = [per_model[j] for j in order]
-                if method.name in FUSED:
+                if _fusable(method.name, params):
                     self._fused(idx, t, method.name, params, per_model)
                 else:
                     self._reference(idx, t, method, params, per_model, fisher)
@@ -231,7 +233,7 @@ class ResidentMerger:
     def _threshold(self, idx: int, t: _Tensor, i: int, density: float) -> float:
         """|d| threshold keeping the int(density*n) largest entries of specialist i's task vector."""
         n = t.deltas[i].numel()
-        k = int(density * n)
+        k = magnitude_k(n, density)
         key = (idx, i, k)
         thr = self._thresholds.get(key)
         if thr is None:
@@ -348,7 +350,7 @@ class ResidentMerger:
                     d = deltas[:, s:e].float()
                     kept_l1 += torch.where((noise[:, s:e] < dens) | keep_all, d, 0).abs().sum(1)
                 before = self._l1_norms(idx, t)
-                ok = (before != 0) & (kept_l1 != 0)
+                ok = (before >= L1_EPS) & (kept_l1 >= L1_EPS)  # mergekit: tiny norms are not rescaled
                 rescale = torch.where(ok, before / torch.where(ok, kept_l1, 1.0), 1.0)
                 rescale = torch.where(keep_all.squeeze(1), 1.0, rescale)
         w_col = weights.unsqueeze(1)
@@ -379,6 +381,17 @@ class ResidentMerger:
                 mixed.mul_(lam)
             mixed.add_(base[s:e].float())
             out[s:e].copy_(mixed)
+
+
+def _fusable(method: str, params: Mapping) -> bool:
+    """Whether the fused kernel covers this method with these (default-filled) parameters."""
+    if method not in FUSED:
+        return False
+    if method == "ties" and params.get("rescale"):
+        return False
+    if method.startswith("dare") and params.get("rescale") and params.get("rescale_mode") != "l1":
+        return False
+    return True
 
 
 def _axpy(acc: torch.Tensor, coef: list[float], deltas: torch.Tensor) -> None:

@@ -231,7 +231,8 @@ class Recipe(BaseModel):
                 entry["parameters"] = {k: setting(v) for k, v in m.parameters.items()}
             models.append(entry)
         config: dict[str, Any] = {"merge_method": method.mergekit_name, "models": models}
-        if self.base is not None:
+        if self.base is not None and method.needs_base:
+            # mergekit's linear would treat a base_model as one more input needing a weight.
             config["base_model"] = self.base
         if self.parameters:
             config["parameters"] = {k: setting(v) for k, v in self.parameters.items()}
