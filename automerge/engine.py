@@ -121,6 +121,7 @@ class ResidentMerger:
         self._noise_seed: int | None = None
         self._noise: dict[int, torch.Tensor] = {}
         self._fisher: dict[str, torch.Tensor] | None = None
+        self._buffers: _Scratch | None = None
 
     def _live_tensors(self) -> dict[str, torch.Tensor]:
         """Checkpoint tensor name -> the live model's tensor holding it.
@@ -293,94 +294,135 @@ class ResidentMerger:
         t.param.copy_(merged)
 
     def _fused(self, idx: int, t: _Tensor, method: str, params: dict, per_model: list[dict]) -> None:
-        """One pass over the tensor in chunks: sparsify, weight, elect signs, combine, write."""
+        """The hot methods as a few elementwise passes per cache-sized chunk, straight into the param.
+
+        Written without boolean tensors or strided views: on CPUs both run many times slower
+        than float ops on contiguous rows (measured), so masks are 0/1 floats written by
+        comparisons into scratch buffers, and each specialist's row is processed on its own.
+        """
         k = t.deltas.shape[0]
-        dev = self.device
-        weights = torch.tensor([pm["weight"] for pm in per_model], dtype=torch.float32, device=dev)
+        weights = [float(pm["weight"]) for pm in per_model]
         lam = float(params.get("lambda", 1.0))
         normalize = bool(params.get("normalize", False))
-        consensus = method in ("ties", "dare_ties")
         out = t.param.view(-1)
         base = t.base.view(-1)
-        deltas = t.deltas.view(k, -1)
+        rows = [t.deltas[i].view(-1) for i in range(k)]
+        n = out.numel()
 
-        if method == "linear":
-            # sum_i w_i x_i (/ sum_i w_i) = s*b + sum_i w_i d_i with s = sum w (1 when normalized)
-            total = float(weights.sum())
-            scale = 1.0 / total if normalize else 1.0
-            coef = [float(w) * scale for w in weights]
-            base_coef = total * scale
-            for s in range(0, out.numel(), self.chunk):
-                e = s + self.chunk
-                acc = base[s:e].to(torch.float32, copy=True).mul_(base_coef)
-                _axpy(acc, coef, deltas[:, s:e])
-                out[s:e].copy_(acc)
-            return
-
-        if method == "task_arithmetic":
-            divisor = float(weights.sum()) if normalize else 1.0
-            divisor = 1.0 if abs(divisor) < 1e-8 else divisor
-            coef = [float(w) * lam / divisor for w in weights]
-            for s in range(0, out.numel(), self.chunk):
-                e = s + self.chunk
-                acc = base[s:e].to(torch.float32, copy=True)  # never write into the resident base
-                _axpy(acc, coef, deltas[:, s:e])
-                out[s:e].copy_(acc)
+        if method in ("linear", "task_arithmetic"):
+            total = sum(weights)
+            if method == "linear":
+                # sum_i w_i x_i (/ sum_i w_i) = c*b + sum_i c_i d_i; no chunks: two fused BLAS-like passes
+                scale = 1.0 / total if normalize else 1.0
+                base_coef, coef = total * scale, [w * scale for w in weights]
+            else:
+                divisor = total if normalize and abs(total) >= 1e-8 else 1.0
+                base_coef, coef = 1.0, [w * lam / divisor for w in weights]
+            for s in range(0, n, self.chunk):
+                e = min(s + self.chunk, n)
+                o = out[s:e]
+                if base_coef == 1.0:
+                    torch.add(base[s:e], rows[0][s:e], alpha=coef[0], out=o)
+                else:
+                    torch.mul(base[s:e], base_coef, out=o)
+                    o.add_(rows[0][s:e], alpha=coef[0])
+                for i in range(1, k):
+                    o.add_(rows[i][s:e], alpha=coef[i])
             return
 
         densities = [float(pm.get("density", 1.0)) for pm in per_model]
+        div_weights = list(weights)  # mergekit divides by the weights, not by the L1-rescaled ones
+        buf = self._scratch(k, min(self.chunk, n))
         if method == "ties":
-            thresholds = torch.tensor(
-                [self._threshold(idx, t, i, d) if d < 1 else 0.0 for i, d in enumerate(densities)],
-                dtype=torch.float32, device=dev,
-            ).unsqueeze(1)
-            keep_all = torch.tensor([d >= 1 for d in densities], device=dev).unsqueeze(1)
-            rescale = None
-            noise = None
-        else:  # dare_*: keep where noise < density, then L1-rescale (two passes: norms, then combine)
-            noise = self._noise_for(idx, t).view(k, -1)
-            dens = torch.tensor(densities, dtype=torch.float32, device=dev).unsqueeze(1)
-            keep_all = (dens >= 1)
-            thresholds = None
-            rescale = None
+            thresholds = [self._threshold(idx, t, i, d) if d < 1 else None for i, d in enumerate(densities)]
+        else:  # dare_*: keep where noise < density; L1-rescale needs the kept norm first (pass 1)
+            noise = self._noise_for(idx, t)
+            noise_rows = [noise[i].view(-1) for i in range(k)]
             if bool(params.get("rescale", True)):
-                kept_l1 = torch.zeros(k, dtype=torch.float32, device=dev)
-                for s in range(0, out.numel(), self.chunk):
-                    e = s + self.chunk
-                    d = deltas[:, s:e].float()
-                    kept_l1 += torch.where((noise[:, s:e] < dens) | keep_all, d, 0).abs().sum(1)
-                before = self._l1_norms(idx, t)
-                ok = (before >= L1_EPS) & (kept_l1 >= L1_EPS)  # mergekit: tiny norms are not rescaled
-                rescale = torch.where(ok, before / torch.where(ok, kept_l1, 1.0), 1.0)
-                rescale = torch.where(keep_all.squeeze(1), 1.0, rescale)
-        w_col = weights.unsqueeze(1)
-        for s in range(0, out.numel(), self.chunk):
-            e = s + self.chunk
-            d = deltas[:, s:e].float()
-            if thresholds is not None:
-                keep = (d.abs() >= thresholds) | keep_all
-            else:
-                keep = (noise[:, s:e] < dens) | keep_all
-            u = torch.where(keep, d, 0.0)
-            coef = w_col if rescale is None else w_col * rescale.unsqueeze(1)
-            u.mul_(coef)
+                before = self._l1_norms(idx, t).tolist()
+                kept = [0.0] * k
+                for s in range(0, n, self.chunk):
+                    e = min(s + self.chunk, n)
+                    c = e - s
+                    for i in range(k):
+                        if densities[i] >= 1:
+                            continue
+                        torch.lt(noise_rows[i][s:e], densities[i], out=buf.keep[:c])
+                        torch.abs(rows[i][s:e], out=buf.tmp[:c])
+                        kept[i] += float(torch.dot(buf.tmp[:c], buf.keep[:c]))
+                weights = [
+                    w * (b / a) if d < 1 and a >= L1_EPS and b >= L1_EPS else w
+                    for w, b, a, d in zip(weights, before, kept, densities)
+                ]
+        consensus = method in ("ties", "dare_ties")
+        all_positive = all(w > 0 for w in div_weights)
+        for s in range(0, n, self.chunk):
+            e = min(s + self.chunk, n)
+            c = e - s
+            u = [x[:c] for x in buf.u]
+            keep, tmp, mixed, div = buf.keep[:c], buf.tmp[:c], buf.mixed[:c], buf.div[:c]
+            # u_i = sparsify(d_i), unweighted; weights enter below as scalars
+            for i in range(k):
+                d = rows[i][s:e]
+                if densities[i] >= 1:
+                    u[i].copy_(d)
+                    continue
+                if method == "ties":
+                    torch.abs(d, out=tmp)
+                    torch.ge(tmp, thresholds[i], out=keep)
+                else:
+                    torch.lt(noise_rows[i][s:e], densities[i], out=keep)
+                torch.mul(d, keep, out=u[i])
             if consensus:
-                elected = torch.where(u.sum(0) >= 0, 1.0, -1.0)
-                mask = u.sign() == elected
-                mixed = torch.where(mask, u, 0.0).sum(0)
+                # elected sign S = +1 where sum_i w_i u_i >= 0 else -1; entry i counts where w_i u_i S > 0
+                torch.mul(u[0], weights[0], out=mixed)
+                for i in range(1, k):
+                    mixed.add_(u[i], alpha=weights[i])
+                sign = buf.sign[:c]
+                torch.ge(mixed, 0, out=sign)
+                sign.mul_(2).sub_(1)
+                mixed.zero_()
+                div.zero_()
+                for i in range(k):
+                    torch.mul(u[i], sign, out=tmp)
+                    (torch.gt if weights[i] > 0 else torch.lt)(tmp, 0, out=keep)
+                    mixed.addcmul_(u[i], keep, value=weights[i])
+                    if normalize:
+                        div.add_(keep, alpha=div_weights[i])
                 if normalize:
-                    divisor = torch.where(mask, w_col, 0.0).sum(0)
-                    divisor = torch.where(divisor == 0, 1.0, divisor)
-                    mixed.div_(divisor)
+                    if all_positive:
+                        div.clamp_min_(min(div_weights))  # 0 only where mixed is 0 too: mergekit's 0 -> 1
+                    else:
+                        torch.eq(div, 0, out=keep)
+                        div.add_(keep)
+                    mixed.div_(div)
             else:
-                mixed = u.sum(0)
+                torch.mul(u[0], weights[0], out=mixed)
+                for i in range(1, k):
+                    mixed.add_(u[i], alpha=weights[i])
                 if normalize:
-                    total = float(weights.sum())
+                    total = sum(div_weights)
                     mixed.div_(1.0 if abs(total) < 1e-8 else total)
-            if lam != 1.0:
-                mixed.mul_(lam)
-            mixed.add_(base[s:e].float())
-            out[s:e].copy_(mixed)
+            torch.add(base[s:e], mixed, alpha=lam, out=out[s:e])
+
+    def _scratch(self, k: int, size: int) -> "_Scratch":
+        """Chunk-sized fp32 buffers reused by every tensor and trial (the bounded scratch)."""
+        if self._buffers is None or len(self._buffers.u) < k or self._buffers.keep.numel() < size:
+            size = max(size, self._buffers.keep.numel() if self._buffers else 0)
+            new = lambda: torch.empty(size, dtype=torch.float32, device=self.device)  # noqa: E731
+            self._buffers = _Scratch(u=[new() for _ in range(k)], keep=new(), tmp=new(), mixed=new(),
+                                     div=new(), sign=new())
+        return self._buffers
+
+
+@dataclass
+class _Scratch:
+    u: list[torch.Tensor]
+    keep: torch.Tensor
+    tmp: torch.Tensor
+    mixed: torch.Tensor
+    div: torch.Tensor
+    sign: torch.Tensor
 
 
 def _fusable(method: str, params: Mapping) -> bool:
@@ -392,9 +434,3 @@ def _fusable(method: str, params: Mapping) -> bool:
     if method.startswith("dare") and params.get("rescale") and params.get("rescale_mode") != "l1":
         return False
     return True
-
-
-def _axpy(acc: torch.Tensor, coef: list[float], deltas: torch.Tensor) -> None:
-    """acc += sum_i coef_i * deltas_i, in place, without a [k, chunk] temporary."""
-    for i, c in enumerate(coef):
-        acc.add_(deltas[i], alpha=c)

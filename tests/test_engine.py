@@ -86,10 +86,12 @@ def test_slerp_single_specialist(zoo):
         torch.testing.assert_close(base[name], ref_base[name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("method", sorted(FUSED))
-def test_fused_kernel_equals_pure_function(method, zoo, merger):
+def test_fused_kernel_equals_pure_function(method, normalize, zoo, merger):
     """The chunked fast path computes what automerge.methods defines, tensor by tensor."""
-    r = recipe(zoo, method, seed=5, **({"lambda": 0.9} if method != "linear" else {}))
+    params = {"normalize": normalize} if method == "linear" else {"lambda": 0.9, "normalize": normalize}
+    r = recipe(zoo, method, seed=5, **params)
     merger.chunk = 97  # odd chunk size: chunk edges must not matter
     try:
         merger.apply(r)
