@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from automerge.files import normal_modes
 from automerge.errors import CheckpointError, IncompatibleModelsError
 from automerge.layers import layer_index, num_hidden_layers
 
@@ -395,6 +396,7 @@ def save_checkpoint(
         for fname in EXTRA_FILES:
             if (source.path / fname).is_file():
                 shutil.copy2(source.path / fname, tmp / fname)
+        normal_modes(tmp)
         _move_into_place(tmp, out_dir)
     except BaseException:  # KeyboardInterrupt too: never leave a partial model behind
         shutil.rmtree(tmp, ignore_errors=True)

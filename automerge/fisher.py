@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from automerge.errors import AutomergeError
+from automerge.files import atomic_path
 
 FORMAT = "automerge-fisher-1"
 
@@ -116,14 +115,8 @@ def save_fisher(
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in fisher.items()}
     meta = {"format": FORMAT, **{str(k): str(v) for k, v in (metadata or {}).items()}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # readers see the old file or the new one, never half of one
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

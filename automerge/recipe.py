@@ -24,9 +24,7 @@ values become per-layer / per-tensor ``filter`` lists (first match wins), never 
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, Union
@@ -35,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from automerge.errors import RecipeError
+from automerge.files import write_text as write_text_atomic
 from automerge.layers import LayerGrouping, layer_index
 
 GroupValue = Union[float, dict[str, float]]
@@ -283,20 +282,6 @@ def is_mergekit_config(data: Mapping[str, Any]) -> bool:
 
 def load_recipe(path: str | Path) -> Recipe:
     return Recipe.load(path)
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write a file via a temporary sibling and rename, so no partial file is ever seen."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _parse_yaml(text: str, source: str) -> dict:
