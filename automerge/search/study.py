@@ -1,0 +1,484 @@
+"""Storage of a search: one Optuna study per rung, plus a small claims table of our own.
+
+Layout in the storage (SQLite file `results/<study>/study.db` by default, or any RDB URL):
+
+* Optuna studies ``<study>`` (rung 0), ``<study>:r1`` … and ``<study>:full`` (the top rung).
+  All share the directions and metric names (the objectives). Study user_attrs of ``<study>``:
+  ``space`` (resolved YAML), ``space_fingerprint``, ``rungs`` (list of {name, items}),
+  ``automerge_version``.
+* Trial user_attrs: ``recipe`` (YAML), ``rung``, ``rung_name``, ``items`` (per-task limit, null =
+  all), ``parent`` (trial number in the previous rung's study, null at rung 0), ``origin``
+  (trial number of the lineage at rung 0), ``kind`` (search | baseline | reference), ``label``,
+  ``key`` (the claim item, below), ``score:<task>`` (primary metric per task), ``n:<task>``,
+  ``eval_items``, ``eval_seconds``, ``apply_seconds``, ``worker``, ``promotion`` (why it was
+  promoted: top | front | yardstick), ``model_path`` (reference models), ``retry_of`` (trial
+  number a re-run replaces: the replaced one is FAIL with a ``stale:`` reason and has the same
+  ``key``/``parent``), ``fail_reason`` (FAIL trials).
+* Table ``automerge_claims(study, rung, item, trial_number, worker, heartbeat, attempts, state,
+  created, reason)``, primary key (study, rung, item): one row per unit of work, inserted by the
+  worker that takes it — the database's uniqueness makes every claim exactly-once. ``item`` is
+  ``s<i>`` (the i-th sampled trial), ``b:<label>`` (a baseline), ``ref:<name>`` (a reference
+  model) or ``p<n>`` (promotion of trial n of the rung below). ``state`` is running | done |
+  failed; ``heartbeat`` (unix time) is refreshed while the work runs, so a dead worker's claims
+  are found and re-run.
+
+SQLite: every transaction is BEGIN IMMEDIATE with a long busy timeout, so several processes on
+one machine can share the file safely (Optuna's own RDB code assumes row locks SQLite lacks).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from automerge.errors import SpaceError
+from automerge.search.scheduler import SEARCH, Result
+from automerge.search.space import SearchSpace
+
+T = TypeVar("T")
+
+CLAIMS_TABLE = "automerge_claims"
+_meta = sa.MetaData()
+claims_table = sa.Table(
+    CLAIMS_TABLE,
+    _meta,
+    sa.Column("study", sa.String(512), primary_key=True),
+    sa.Column("rung", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("item", sa.String(512), primary_key=True),
+    sa.Column("trial_number", sa.Integer, nullable=True),
+    sa.Column("worker", sa.String(256), nullable=False),
+    sa.Column("heartbeat", sa.Float, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=1),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+)
+
+RUNNING, DONE, FAILED = "running", "done", "failed"
+
+
+def default_storage_url(study: str, results_dir: str | Path = "results") -> str:
+    path = (Path(results_dir) / study / "study.db").resolve()
+    return f"sqlite:///{path}"
+
+
+def rung_study_name(study: str, rung: int, num_rungs: int) -> str:
+    if rung == 0:
+        return study
+    if rung == num_rungs - 1:
+        return f"{study}:full"
+    return f"{study}:r{rung}"
+
+
+def rung_label(rung: int, num_rungs: int) -> str:
+    return "full" if rung == num_rungs - 1 else f"r{rung}"
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _sqlite_setup(engine: sa.engine.Engine) -> None:
+    """BEGIN IMMEDIATE for every transaction (no read-then-write upgrade deadlocks) and WAL."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:  # noqa: ARG001
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a power cut may lose the last commit only
+        cur.execute("PRAGMA busy_timeout=120000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _retry(fn: Callable[[], T], *, what: str, tries: int = 8) -> T:
+    """Retry a storage operation that lost a race (table creation, locked database)."""
+    import optuna
+
+    for i in range(tries):
+        try:
+            return fn()
+        except (OperationalError, ProgrammingError, IntegrityError, optuna.exceptions.StorageInternalError) as err:
+            if i == tries - 1:
+                raise
+            time.sleep(0.2 * (i + 1))
+    raise AssertionError(what)
+
+
+def normalize_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is installed."""
+    if url.startswith(("postgresql://", "postgres://")):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url.split("://", 1)[1]
+        if url.startswith("postgres://"):
+            return "postgresql://" + url.split("://", 1)[1]
+    return url
+
+
+def open_storage(url: str) -> Any:
+    """Optuna RDBStorage for a URL; SQLite files get their directory and safe locking."""
+    import optuna
+
+    url = normalize_url(url)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        kwargs = {"connect_args": {"timeout": 120}}
+    else:
+        kwargs = {"pool_pre_ping": True}
+
+    def make() -> Any:
+        return optuna.storages.RDBStorage(url, engine_kwargs=dict(kwargs))
+
+    try:
+        storage = _retry(make, what="open storage")
+    except Exception as err:  # noqa: BLE001
+        raise SpaceError(f"cannot open study storage {url}: {err}") from None
+    if url.startswith("sqlite"):
+        _sqlite_setup(storage.engine)
+        storage.engine.dispose()
+    return storage
+
+
+class Claims:
+    """The claims table: exactly-once work items with heartbeats (same database as the study)."""
+
+    def __init__(self, url: str, engine: sa.engine.Engine | None = None):
+        url = normalize_url(url)
+        if engine is None:
+            if url.startswith("sqlite"):
+                engine = sa.create_engine(url, connect_args={"timeout": 120})
+                _sqlite_setup(engine)
+            else:
+                engine = sa.create_engine(url, pool_pre_ping=True)
+        self.engine = engine
+        _retry(lambda: _meta.create_all(self.engine, tables=[claims_table], checkfirst=True), what="create claims")
+
+    def claim(self, study: str, rung: int, item: str, worker: str) -> bool:
+        """Insert the claim row; False if someone already holds (or finished) this item."""
+        now = time.time()
+        row = dict(study=study, rung=rung, item=item, trial_number=None, worker=worker, heartbeat=now,
+                   attempts=1, state=RUNNING, created=now, reason=None)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(claims_table.insert().values(**row))
+            return True
+        except IntegrityError:
+            return False
+
+    def _update(self, study: str, rung: int, item: str, where: Any = None, **values: Any) -> int:
+        t = claims_table.c
+        cond = sa.and_(t.study == study, t.rung == rung, t.item == item)
+        if where is not None:
+            cond = sa.and_(cond, where)
+
+        def go() -> int:
+            with self.engine.begin() as conn:
+                return conn.execute(claims_table.update().where(cond).values(**values)).rowcount
+
+        return _retry(go, what="update claim")
+
+    def attach(self, study: str, rung: int, item: str, worker: str, trial_number: int) -> bool:
+        t = claims_table.c
+        return self._update(study, rung, item, where=t.worker == worker, trial_number=trial_number,
+                            heartbeat=time.time()) == 1
+
+    def beat(self, study: str, rung: int, item: str, worker: str) -> bool:
+        """Refresh the heartbeat; False if the claim is no longer ours (taken over)."""
+        t = claims_table.c
+        return self._update(study, rung, item, where=sa.and_(t.worker == worker, t.state == RUNNING),
+                            heartbeat=time.time()) == 1
+
+    def finish(self, study: str, rung: int, item: str, worker: str, state: str, reason: str | None = None) -> bool:
+        t = claims_table.c
+        return self._update(study, rung, item, where=t.worker == worker, state=state, reason=reason,
+                            heartbeat=time.time()) == 1
+
+    def release(self, study: str, rung: int, item: str, worker: str, reason: str) -> bool:
+        """Give a claim up without finishing it (Ctrl-C): heartbeat 0, so any worker re-runs it."""
+        t = claims_table.c
+        return self._update(study, rung, item, where=sa.and_(t.worker == worker, t.state == RUNNING),
+                            heartbeat=0.0, reason=reason) == 1
+
+    def take_over(self, row: "ClaimRow", worker: str) -> bool:
+        """Atomically become the owner of a stale claim (compare-and-swap on worker + heartbeat)."""
+        t = claims_table.c
+        return self._update(
+            row.study, row.rung, row.item,
+            where=sa.and_(t.worker == row.worker, t.heartbeat == row.heartbeat, t.state == RUNNING),
+            worker=worker, heartbeat=time.time(), attempts=row.attempts + 1,
+            reason=f"taken over from {row.worker}",
+        ) == 1
+
+    def rows(self, study: str) -> list["ClaimRow"]:
+        t = claims_table.c
+
+        def go() -> list[ClaimRow]:
+            with self.engine.begin() as conn:
+                res = conn.execute(sa.select(claims_table).where(t.study == study))
+                return [ClaimRow(**r._mapping) for r in res]
+
+        return _retry(go, what="read claims")
+
+    def delete_study(self, study: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(claims_table.delete().where(claims_table.c.study == study))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    study: str
+    rung: int
+    item: str
+    trial_number: int | None
+    worker: str
+    heartbeat: float
+    attempts: int
+    state: str
+    created: float
+    reason: str | None = None
+
+
+def worker_alive(worker: str) -> bool | None:
+    """For a worker on this host: is its process alive? None when it runs elsewhere."""
+    try:
+        host, pid_text, _ = worker.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return None
+    if host != socket.gethostname():
+        return None
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child its parent has not reaped yet is a zombie: dead for our purposes
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+        if state in ("Z", "X"):
+            return False
+    except (OSError, IndexError):
+        pass
+    return True
+
+
+class SearchStudy:
+    """All rung studies of one search, its space and its claims."""
+
+    def __init__(self, name: str, url: str, space: SearchSpace, storage: Any, claims: Claims):
+        import optuna
+
+        self.name = name
+        self.url = url
+        self.space = space
+        self.storage = storage
+        self.claims = claims
+        self.num_rungs = space.num_rungs
+        self.rung_names = [rung_study_name(name, r, self.num_rungs) for r in range(self.num_rungs)]
+        self.studies: list[optuna.Study] = []
+        for r, sname in enumerate(self.rung_names):
+            sampler = make_sampler(space) if r == 0 else optuna.samplers.RandomSampler(seed=space.seed)
+            self.studies.append(optuna.load_study(study_name=sname, storage=storage, sampler=sampler))
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, name: str, url: str, space: SearchSpace | None = None) -> "SearchStudy":
+        """Open a study, creating it from `space` if new. An existing study keeps its stored space;
+        a given space must then agree with it (same fingerprint)."""
+        import optuna
+
+        _quiet_optuna()
+        storage = open_storage(url)
+        claims = Claims(url)
+        stored = stored_space(storage, name)
+        if stored is None:
+            if space is None:
+                raise SpaceError(f"no study {name!r} in {url}; give a search space file to start it")
+            _create_rung_studies(storage, name, space)
+            stored = stored_space(storage, name)
+            assert stored is not None
+        elif space is not None and space.fingerprint() != stored.fingerprint():
+            raise SpaceError(
+                f"study {name!r} in {url} was started with a different search space; continue it without "
+                "a SPACE argument (or with the same file), or start a new study with --study NEW_NAME"
+            )
+        # Budget, device and storage are per invocation: take them from the given space.
+        use = stored if space is None else stored.model_copy(
+            update={"budget": space.budget, "device": space.device, "storage": space.storage})
+        use._source = stored._source
+        return cls(name, url, use, storage, claims)
+
+    def close(self) -> None:
+        try:
+            self.storage.engine.dispose()
+        finally:
+            self.claims.dispose()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def trials(self, rung: int, states: Iterable[Any] | None = None) -> list[Any]:
+        return _retry(lambda: self.studies[rung].get_trials(deepcopy=False,
+                                                            states=tuple(states) if states else None),
+                      what="read trials")
+
+    def results(self, rung: int, trials: list[Any] | None = None) -> list[Result]:
+        """Finished, finite results at a rung for the scheduler."""
+        from optuna.trial import TrialState
+
+        out = []
+        for t in trials if trials is not None else self.trials(rung):
+            if t.state != TrialState.COMPLETE or t.values is None:
+                continue
+            if not all(math.isfinite(v) for v in t.values):
+                continue
+            out.append(Result(number=t.number, values=tuple(t.values), kind=t.user_attrs.get("kind", SEARCH)))
+        return out
+
+    def snapshot(self) -> "Snapshot":
+        trials = [self.trials(r) for r in range(self.num_rungs)]
+        claims = self.claims.rows(self.name)
+        return Snapshot(self, trials, claims)
+
+
+@dataclass
+class Snapshot:
+    """Everything the scheduler needs, read once."""
+
+    study: SearchStudy
+    trials: list[list[Any]]
+    claims: list[ClaimRow]
+
+    def results(self, rung: int) -> list[Result]:
+        return self.study.results(rung, self.trials[rung])
+
+    def claimed(self, rung: int) -> set[str]:
+        return {c.item for c in self.claims if c.rung == rung}
+
+    def claimed_parents(self, rung: int) -> set[int]:
+        return {int(c.item[1:]) for c in self.claims if c.rung == rung and c.item.startswith("p")}
+
+    def running(self, rung: int | None = None) -> list[ClaimRow]:
+        return [c for c in self.claims if c.state == RUNNING and (rung is None or c.rung == rung)]
+
+    def samples_claimed(self) -> int:
+        return sum(1 for c in self.claims if c.rung == 0 and c.item.startswith("s"))
+
+
+def stored_space(storage: Any, name: str) -> SearchSpace | None:
+    """The resolved space a study was created with (None: no such study yet)."""
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+    attrs = storage.get_study_user_attrs(study_id)
+    if "space" not in attrs:
+        return None
+    try:
+        return SearchSpace.from_yaml(attrs["space"], source=f"space stored in study {name!r}")
+    except SpaceError as err:
+        raise SpaceError(f"{err} (the study was made by another automerge version?)") from None
+
+
+def _create_rung_studies(storage: Any, name: str, space: SearchSpace) -> None:
+    """Create every rung study (idempotent, safe when several workers start at once). Rung 0 is
+    created last and carries the space, so a study with a space has all its rungs."""
+    import optuna
+
+    from automerge import __version__
+
+    R = space.num_rungs
+    for r in reversed(range(R)):
+        sname = rung_study_name(name, r, R)
+
+        def make(sname: str = sname) -> Any:
+            return optuna.create_study(study_name=sname, storage=storage, directions=space.directions,
+                                       load_if_exists=True)
+
+        study = _retry(make, what="create study")
+        if list(study.metric_names or []) != space.objective_names:
+            study.set_metric_names(space.objective_names)
+        if r == 0:
+            study.set_user_attr("rungs", [{"name": rung_label(i, R), "study": rung_study_name(name, i, R),
+                                           "items": space.rung_limit(i)} for i in range(R)])
+            study.set_user_attr("automerge_version", __version__)
+            study.set_user_attr("space_fingerprint", space.fingerprint())
+            study.set_user_attr("space", space.to_yaml())  # last: marks the study complete
+
+
+def delete_search(name: str, url: str) -> None:
+    """Delete every rung study and the claims of a search (tests, `automerge search --fresh`)."""
+    import optuna
+
+    storage = open_storage(url)
+    try:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+                 if s.study_name == name or s.study_name.startswith(name + ":")]
+        for sname in names:
+            optuna.delete_study(study_name=sname, storage=storage)
+        claims = Claims(url)
+        claims.delete_study(name)
+        claims.dispose()
+    finally:
+        storage.engine.dispose()
+
+
+def make_sampler(space: SearchSpace, slot: int = 0) -> Any:
+    """The rung-0 sampler named in the space, seeded for the `slot`-th sampled trial (samplers
+    read their history from the study; a per-slot seed keeps parallel workers from drawing the
+    same random start-up points and makes each slot's draw reproducible given the history)."""
+    import optuna
+
+    seed = (space.seed * 1_000_003 + slot) % 2**32
+    kind = space.sampler
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=10)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, (space.budget.trials or 50) // 4)))
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "cmaes":
+        from automerge.search.samplers import ScalarisedSampler
+
+        return ScalarisedSampler(optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=10,
+                                                              warn_independent_sampling=False),
+                                 weights=[o.weight for o in space.objectives], directions=space.directions)
+    raise SpaceError(f"sampler {kind!r}: use one of tpe, nsga2, gp, random, cmaes")
+
+
+def _quiet_optuna() -> None:
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+

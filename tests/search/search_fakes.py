@@ -1,0 +1,67 @@
+"""A fake TrialRunner for worker/scheduler tests: scores are a known function of the recipe.
+
+Two objectives over two specialists, code and lang: with w = mean weight per specialist,
+    code score = 1 - (w_code - 0.8)^2 - 0.3 * w_lang^2
+    nl score   = 1 - (w_lang - 0.8)^2 - 0.3 * w_code^2
+plus rung noise that shrinks as the rung evaluates more items (seeded by the recipe).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+from automerge.search.worker import Evaluation, Job
+
+
+def _mean(value):
+    if isinstance(value, dict):
+        return sum(value.values()) / len(value)
+    return float(value)
+
+
+def recipe_weights(recipe) -> dict[str, float]:
+    out = {}
+    for m in recipe.models:
+        w = _mean(m.parameters.get("weight", 1.0))
+        d = _mean(m.parameters.get("density", 1.0))
+        out[m.name] = w * (0.5 + 0.5 * d)
+    if recipe.method == "linear":
+        total = sum(out.values()) or 1.0
+        out = {k: v / total for k, v in out.items()}
+    return out
+
+
+def true_scores(recipe) -> dict[str, float]:
+    w = recipe_weights(recipe)
+    wc, wl = w.get("code", 0.0), w.get("lang", 0.0)
+    return {"code_body_ll": 1 - (wc - 0.8) ** 2 - 0.3 * wl**2,
+            "prose_ll": 1 - (wl - 0.8) ** 2 - 0.3 * wc**2}
+
+
+class FakeRunner:
+    def __init__(self, delay: float = 0.0, fail_labels: tuple[str, ...] = (), nan_methods: tuple[str, ...] = ()):
+        self.delay = float(os.environ.get("FAKE_RUNNER_DELAY", delay))
+        self.fail_labels = fail_labels
+        self.nan_methods = nan_methods
+        self.jobs: list[Job] = []
+
+    def evaluate(self, job: Job) -> Evaluation:
+        self.jobs.append(job)
+        if self.delay:
+            time.sleep(self.delay)
+        if job.label in self.fail_labels:
+            raise RuntimeError("CUDA out of memory (fake)")
+        if job.recipe is None:  # reference model
+            scores = {"code_body_ll": 0.7, "prose_ll": 0.7}
+        else:
+            scores = true_scores(job.recipe)
+            if job.recipe.method in self.nan_methods:
+                scores = {k: float("nan") for k in scores}
+            seed = hashlib.sha256(job.recipe.to_yaml().encode()).digest()
+            noise = (seed[0] / 255 - 0.5) * (0.2 / (job.limit or 1000) ** 0.5)
+            scores = {k: v + noise for k, v in scores.items()}
+        scores = {t: scores.get(t, 0.5) for t in job.tasks}
+        n = job.limit or 100
+        return Evaluation(scores=scores, counts={t: n for t in job.tasks}, eval_seconds=self.delay)
