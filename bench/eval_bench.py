@@ -14,10 +14,15 @@
 Timings are the minimum over ``--repeats`` interleaved runs (the machine may be shared). On a
 machine without the built zoo, ``--model`` falls back to a randomly initialised model of the zoo's
 exact shape with a 4096-token BPE trained on the held-out split (speed depends only on shape and
-tokenisation) and says so. Writes a markdown section to ``results/BENCHMARKS.eval.md``.
+tokenisation) and says so. Writes its section of ``results/BENCHMARKS.md``.
 """
 
 from __future__ import annotations
+
+import sys as _sys
+from pathlib import Path as _Path
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from _report import RESULTS, write_section  # noqa: E402
 
 import argparse
 import atexit
@@ -212,7 +217,7 @@ def main(argv=None):
     ap.add_argument("--lm-eval-limits", default="16,64")
     ap.add_argument("--lm-eval-batch-sizes", default="1,16")
     ap.add_argument("--sandbox-workers", default="1,2")
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "BENCHMARKS.eval.md")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     load0 = os.getloadavg()
@@ -291,8 +296,11 @@ def main(argv=None):
     for r in sb:
         lines.append(f"| {r['workers']} | {r['programs']} | {r['passed']} | {r['seconds']:.2f} | {r['per_s']:.1f} |")
     text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
+    if args.out.resolve() == RESULTS.resolve():
+        write_section("eval", text)  # the section of results/BENCHMARKS.md
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
     print(text)
 
 

@@ -19,11 +19,16 @@ identical in every run, so curves are comparable.
     python bench/search_bench.py                      # demo zoo (automerge/zoo/models), 3 seeds
     python bench/search_bench.py --zoo /tmp/zoo/models --ff-trials 12 --seeds 0   # quick
 
-Writes results/BENCHMARKS.search.md and results/search_bench.png (and the studies under
+Writes its section of results/BENCHMARKS.md (BENCHMARKS.search.md under another --out) and results/search_bench.png (and the studies under
 results/bench-search/). Not a test: numbers depend on the machine only through seconds.
 """
 
 from __future__ import annotations
+
+import sys as _sys
+from pathlib import Path as _Path
+_sys.path.insert(0, str(_Path(__file__).resolve().parent))
+from _report import RESULTS, write_section  # noqa: E402
 
 import argparse
 import json
@@ -312,7 +317,10 @@ def write_report(args, table, curves, budget_of, ref) -> None:
             lines.append(f"- Target: TPE ≥ 1.2× random's hypervolume ({a} vs {b}): ratio {ratio:.2f} — "
                          f"{'met' if ratio >= 1.2 else 'NOT met'}.")
     lines += ["", f"![hypervolume vs compute]({png.name})", ""]
-    (out / "BENCHMARKS.search.md").write_text("\n".join(lines))
+    if out.resolve() == RESULTS.parent.resolve():
+        write_section("search", "\n".join(lines))  # the section of results/BENCHMARKS.md
+    else:
+        (out / "BENCHMARKS.search.md").write_text("\n".join(lines))
     (out / "bench-search" / "table.json").write_text(json.dumps(table, indent=1))
     print("\n".join(lines))
 
