@@ -163,7 +163,9 @@ class StudyData:
                                    & (self.trials["parent"] == int(cur["trial"]))]
             if children.empty:
                 break
-            cur = children.sort_values("trial").iloc[0]
+            # a re-run after a dead worker leaves a FAIL child beside the COMPLETE one: prefer it
+            children = children.assign(_done=children["state"] != "COMPLETE").sort_values(["_done", "trial"])
+            cur = children.drop(columns="_done").iloc[0]
             chain.append(cur)
         return chain
 
