@@ -34,6 +34,8 @@ def register(app: typer.Typer) -> None:
                                                 "evaluate each rung's Pareto front at the next rung."),
         report: bool = typer.Option(True, "--report/--no-report", help="Write results/<study>/report.html "
                                     "at the end."),
+        warm_start: list[Path] = typer.Option([], "--warm-start", help="An earlier recipe (automerge or "
+                                              "mergekit YAML) evaluated first; repeatable."),
     ) -> None:
         """Search merge recipes: multi-objective, multi-fidelity (MO-ASHA), resumable, distributed."""
         from automerge.search.run import SearchOptions, run_search
@@ -41,7 +43,7 @@ def register(app: typer.Typer) -> None:
         run_search(SearchOptions(space=space, study=study, storage=storage, timeout=timeout, trials=trials,
                                  quiet=quiet, device=device, threads=threads, results_dir=results_dir,
                                  stale_after=stale_after, heartbeat=heartbeat, finalize=finalize,
-                                 report=report))
+                                 report=report, warm_start=list(warm_start)))
 
     @app.command("status")
     def status(

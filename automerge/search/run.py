@@ -4,7 +4,7 @@ study and its storage, check every model before loading any, run a worker, print
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
@@ -38,6 +38,7 @@ class SearchOptions:
     poll_interval: float = 2.0
     finalize: bool | None = None
     report: bool = True  # write results/<study>/report.html at the end (automerge.report)
+    warm_start: list[Path] = field(default_factory=list)  # earlier recipes, evaluated first
 
 
 @dataclass
@@ -148,8 +149,11 @@ def run_search(
             if on_event is not None:
                 on_event(e)
 
+        from automerge.search.space import warm_start_trials
+
         worker = Worker(study, runner, stale_after=opts.stale_after, heartbeat_interval=opts.heartbeat,
-                        poll_interval=opts.poll_interval, on_event=events)
+                        poll_interval=opts.poll_interval, on_event=events,
+                        warm_starts=warm_start_trials(space, opts.warm_start))
         progress.worker = worker
         budget = space.budget
         progress.log(f"study {study.name} · storage {_safe_url(study.url)} · worker {worker.me} · "

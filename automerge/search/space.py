@@ -780,6 +780,49 @@ class Baseline(BaseModel):
         return "b:" + self.label
 
 
+class WarmStart(Baseline):
+    """An earlier recipe evaluated first, as a search trial (iterative rounds: --warm-start)."""
+
+    @property
+    def key(self) -> str:
+        return "w:" + hashlib.sha256(self.recipe.to_yaml().encode()).hexdigest()[:16]
+
+
+def warm_start_trials(space: "SearchSpace", paths: Sequence[Path]) -> list[WarmStart]:
+    """Recipes from earlier rounds, mapped onto this space's specialists by name.
+
+    A specialist the recipe lacks gets weight 0 (the same merge); a recipe model the space does
+    not have, or another base, is an error naming the file.
+    """
+    from automerge.checkpoints import resolve_model_path
+    from automerge.recipe import ModelSpec, Recipe
+
+    def same_path(a: str, b: str) -> bool:
+        try:
+            return resolve_model_path(a).resolve() == resolve_model_path(b).resolve()
+        except AutomergeError:
+            return a == b
+
+    out = []
+    names = space.specialist_names
+    for path in paths:
+        recipe = Recipe.load(path)
+        unknown = [m.name for m in recipe.models if m.name not in names]
+        if unknown:
+            raise SpaceError(f"--warm-start {path}: model(s) {', '.join(unknown)} are not specialists of this "
+                             f"space ({', '.join(names)}); rename them in the recipe or add them to the space")
+        if recipe.base and not same_path(recipe.base, space.base):
+            raise SpaceError(f"--warm-start {path}: base {recipe.base} differs from the space's base "
+                             f"{space.base}; a warm start must merge the same base")
+        given = {m.name: m for m in recipe.models}
+        models = [ModelSpec(name=s.name, path=s.path,
+                            parameters=dict(given[s.name].parameters) if s.name in given else {"weight": 0.0})
+                  for s in space.specialists]
+        recipe = recipe.model_copy(update={"base": space.base, "models": models})
+        out.append(WarmStart(label=f"warm start: {Path(path).stem}", recipe=recipe, params=None))
+    return out
+
+
 class Suggester(Protocol):
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
                       log: bool = False) -> float: ...

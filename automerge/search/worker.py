@@ -28,7 +28,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from automerge.errors import AutomergeError
 from automerge.search.scheduler import BASELINE, REFERENCE, SEARCH, Scheduler
@@ -197,6 +197,7 @@ class Worker:
         max_consecutive_failures: int = 8,
         on_event: Callable[[Event], None] | None = None,
         worker: str | None = None,
+        warm_starts: Sequence[Any] = (),
     ):
         space = study.space
         self.study = study
@@ -220,6 +221,7 @@ class Worker:
                                    tie_break=space.rungs.tie_break, rule=space.rungs.rule)
         self.baselines = {b.key: b for b in space.baseline_trials()}
         self.references = {f"ref:{r.name}": r for r in space.references}
+        self.warm = {w.key: w for w in warm_starts}  # earlier rounds' recipes, as search trials
         self.stats = WorkerStats()
         self.last_snapshot: Snapshot | None = None
         self._current: tuple[int, str] | None = None
@@ -301,6 +303,9 @@ class Worker:
             if key not in claimed0 and claims.claim(name, 0, key, self.me):
                 kind = BASELINE if key in self.baselines else REFERENCE
                 return Work(rung=0, item=key, kind=kind, reason=kind)
+        for key in self.warm:  # once per study, before any sample, not counted against the budget
+            if key not in claimed0 and claims.claim(name, 0, key, self.me):
+                return Work(rung=0, item=key, kind=SEARCH, reason="warm start")
         if not sampling_over:
             i = snap.samples_claimed()
             while self.budget is None or i < self.budget:
@@ -363,6 +368,8 @@ class Worker:
             return Work(rung=0, item=c.item, kind=BASELINE, reason="retry", retry_of=retry_of)
         if c.item in self.references:
             return Work(rung=0, item=c.item, kind=REFERENCE, reason="retry", retry_of=retry_of)
+        if c.item in self.warm:
+            return Work(rung=0, item=c.item, kind=SEARCH, reason="retry", retry_of=retry_of)
         replay = previous if previous is not None and "recipe" in previous.user_attrs else None
         return Work(rung=0, item=c.item, kind=SEARCH, reason="retry", retry_of=retry_of, replay=replay)
 
@@ -501,8 +508,8 @@ class Worker:
             attrs["label"] = src.user_attrs.get("label", f"trial {src.number}")
             attrs["recipe"] = src.user_attrs["recipe"]
             recipe = Recipe.from_yaml(src.user_attrs["recipe"], source=f"recipe of trial {src.number}")
-        elif work.item in self.baselines:
-            b = self.baselines[work.item]
+        elif work.item in self.baselines or work.item in self.warm:
+            b = self.baselines.get(work.item) or self.warm[work.item]
             attrs["label"] = b.label
             recipe = b.recipe
             attrs["recipe"] = recipe.to_yaml()
