@@ -22,13 +22,12 @@ from __future__ import annotations
 import sys as _sys
 from pathlib import Path as _Path
 _sys.path.insert(0, str(_Path(__file__).resolve().parent))
-from _report import RESULTS, write_section  # noqa: E402
+from _report import RESULTS, machine, write_section  # noqa: E402
 
 import argparse
 import atexit
 import datetime as dt
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -48,19 +47,6 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def machine() -> str:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} ({torch.get_num_threads()} thread), "
-            f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
 
 
 def load_model(spec: str):
