@@ -242,9 +242,10 @@ class ResidentMerger:
             if grid is None:
                 grid = self._build_grid(t)
                 self._sorted_grid[idx] = grid
-            j = k * THRESHOLD_GRID / n if n else 0
-            if k > 0 and j == int(j):
-                thr = float(grid[i, int(j)])
+            # the grid holds k_j = n*j // GRID; find the j whose k_j is this k, if any
+            j = round(k * THRESHOLD_GRID / n) if n else 0
+            if k > 0 and 0 < j <= THRESHOLD_GRID and n * j // THRESHOLD_GRID == k:
+                thr = float(grid[i, j])
             else:
                 thr = magnitude_threshold(t.deltas[i].float().abs(), density)
             self._thresholds[key] = thr

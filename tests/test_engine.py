@@ -224,3 +224,23 @@ def test_cli_merge_bad_input_writes_nothing(zoo, tmp_path):
     assert isinstance(result.exception, AutomergeError) and "density" in str(result.exception)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["bad.yaml"]
+
+
+def test_ties_thresholds_on_the_grid_are_looked_up_not_recomputed(zoo, merger, monkeypatch):
+    """Densities on the 1/1000 grid cost a lookup after the one sort per tensor, and give the
+    exact threshold; tensors whose size is no multiple of 1000 included."""
+    import automerge.engine as engine
+
+    merger._thresholds.clear()
+    merger._sorted_grid.clear()
+    for idx, t in enumerate(merger.tensors):  # build the grid and check it against exact selection
+        for density in (0.3, 0.5, 0.7):
+            exact = engine.magnitude_threshold(t.deltas[0].float().abs(), density)
+            assert merger._threshold(idx, t, 0, density) == exact, (t.name, density)
+    merger._thresholds.clear()
+    calls = []
+    monkeypatch.setattr(engine, "magnitude_threshold", lambda *a, **k: calls.append(a) or 0.0)
+    for idx, t in enumerate(merger.tensors):
+        if t.deltas[0].numel() >= 1000:
+            merger._threshold(idx, t, 0, 0.3)
+    assert calls == []
