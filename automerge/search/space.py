@@ -45,16 +45,26 @@ import hashlib
 import math
 import re
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, Union
+from typing import Annotated, Any, Callable, Literal, Mapping, Protocol, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from automerge.errors import AutomergeError, SpaceError
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "cmaes")
 BASELINE_KINDS = ("specialists", "uniform_linear", "task_arithmetic", "ties")
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def _check_name(v: str) -> str:
+    if not _NAME.match(v):
+        raise ValueError(f"name {v!r}: use letters, digits, '_' and '-' only")
+    return v
+
+
+# A specialist's or reference's name: it appears in recipes, claims and Optuna parameter names.
+ModelName = Annotated[str, AfterValidator(_check_name)]
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -121,7 +131,7 @@ def _coerce_specs(value: Any) -> Any:
 class Specialist(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: ModelName
     path: str
     domain: str = "general"  # "code" | "nl" | anything descriptive
     parameters: dict[str, ParamSpec] = Field(default_factory=dict)  # overrides, e.g. its own λ range
@@ -131,28 +141,14 @@ class Specialist(BaseModel):
     def _coerce(cls, v: Any) -> Any:
         return _coerce_specs(v)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError(f"name {v!r}: use letters, digits, '_' and '-' only")
-        return v
-
 
 class Reference(BaseModel):
     """A model evaluated like a baseline and shown on every front (e.g. a data-mix model)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: ModelName
     path: str
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError(f"name {v!r}: use letters, digits, '_' and '-' only")
-        return v
 
 
 class LayerGroups(BaseModel):
