@@ -12,11 +12,12 @@ from ._evaluator import Evaluator, TaskResult, aggregate, available_tasks
 from ._retention import retention_table
 from ._sandbox import Sandbox, SandboxLimits, SandboxResult, sandbox_info
 from ._scorer import loglikelihood, loglikelihood_rolling
+from ._split import is_quality_holdout
 from ._tasks import FULL_TASKS, PROXY_TASKS, proxy_task_names
 
 __all__ = [
     "Evaluator", "TaskResult", "aggregate", "available_tasks", "retention_table",
     "Sandbox", "SandboxLimits", "SandboxResult", "sandbox_info",
     "loglikelihood", "loglikelihood_rolling",
-    "PROXY_TASKS", "FULL_TASKS", "proxy_task_names",
+    "PROXY_TASKS", "FULL_TASKS", "proxy_task_names", "is_quality_holdout",
 ]
