@@ -129,6 +129,11 @@ class Recipe(BaseModel):
             )
         if method.needs_base and not self.base:
             raise RecipeError(f"method {self.method!r} needs a base model; set 'base:' in the recipe")
+        if not self.base and self._uses_base(method):
+            raise RecipeError(
+                f"method {self.method!r} with use_base: true works on task vectors and needs a base model; "
+                "set 'base:' in the recipe, or use_base: false to merge the models themselves"
+            )
         for name, value in self.parameters.items():
             _check_group_keys(f"parameters.{name}", value)
         for m in self.models:
@@ -142,6 +147,15 @@ class Recipe(BaseModel):
         for group in groups:
             params, per_model = self._resolve_group(group, lenient=grouping is None)
             method.check_params(params, per_model)
+
+    def _uses_base(self, method: Any) -> bool:
+        """Whether the merge reads the base: always for most methods; for the base-optional
+        ones (nuslerp, multislerp, karcher) as their use_base parameter says."""
+        if method.needs_base:
+            return True
+        if not any(p.name == "use_base" for p in method.params):
+            return False
+        return self.parameters.get("use_base", True) is not False
 
     def _resolve_group(self, group: str, *, lenient: bool = False) -> tuple[dict, list[dict]]:
         def one(value: Any, where: str) -> Any:
@@ -230,11 +244,13 @@ class Recipe(BaseModel):
                 entry["parameters"] = {k: setting(v) for k, v in m.parameters.items()}
             models.append(entry)
         config: dict[str, Any] = {"merge_method": method.mergekit_name, "models": models}
-        if self.base is not None and method.needs_base:
-            # mergekit's linear would treat a base_model as one more input needing a weight.
+        if self.base is not None and self._uses_base(method):
+            # mergekit's linear would treat a base_model as one more input needing a weight;
+            # nuslerp, multislerp and karcher use the base exactly when base_model is set.
             config["base_model"] = self.base
-        if self.parameters:
-            config["parameters"] = {k: setting(v) for k, v in self.parameters.items()}
+        exported = {k: v for k, v in self.parameters.items() if k != "use_base"}
+        if exported:
+            config["parameters"] = {k: setting(v) for k, v in exported.items()}
         config["dtype"] = "float32"
         config["out_dtype"] = self.dtype
         return config
