@@ -161,13 +161,13 @@ class ResidentMerger:
         order = self._specialist_order(recipe)
         grouping = self.grouping(recipe)
         recipe.validate_for(grouping)
-        resolved = {g: self._checked(method, recipe, g) for g in grouping.groups()}
+        resolved = {g: self._checked(method, recipe, g) for g in recipe.groups(grouping)}
         if method.random:
             self._ensure_noise(recipe.seed)
         fisher = self._ensure_fisher() if method.name == "fisher" else None
         with torch.no_grad():
             for idx, t in enumerate(self.tensors):
-                params, per_model = resolved[grouping.group_of(t.name)]
+                params, per_model = resolved[recipe.tensor_group(t.name, grouping)]
                 per_model = [per_model[j] for j in order]
                 if _fusable(method.name, params):
                     self._fused(idx, t, method.name, params, per_model)

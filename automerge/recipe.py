@@ -34,12 +34,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from automerge.errors import RecipeError
 from automerge.files import write_text as write_text_atomic
-from automerge.layers import LayerGrouping, layer_index
+from automerge.layers import LayerGrouping, is_block_norm, layer_index
 
 GroupValue = Union[float, dict[str, float]]
 ParamValue = Union[bool, float, dict[str, float]]
 
 _GROUP_KEY = re.compile(r"^(embed|head|attn|mlp|default|block\d+|block\d+\.(attn|mlp))$")
+# A block's norm tensors may take their own value (split_attn_mlp only): blockN.attn.norm, mlp.norm, ...
+_NORM_KEY = re.compile(r"^(block\d+\.)?(attn|mlp)\.norm$")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -48,15 +50,18 @@ def _check_group_keys(where: str, value: Any) -> None:
         if not value:
             raise RecipeError(f"{where}: empty mapping; give a number or at least one layer group")
         for key in value:
-            if not _GROUP_KEY.match(str(key)):
+            if not (_GROUP_KEY.match(str(key)) or _NORM_KEY.match(str(key))):
                 raise RecipeError(
                     f"{where}: unknown layer group {key!r}; use embed, head, attn, mlp, default, "
-                    "blockN or blockN.attn / blockN.mlp"
+                    "blockN, blockN.attn / blockN.mlp or blockN.attn.norm / blockN.mlp.norm"
                 )
 
 
 def lookup_keys(group: str) -> list[str]:
     """The keys a group-valued parameter is searched for, most specific first."""
+    if group.endswith(".norm"):  # blockN.attn.norm: the norm's own value, then its sublayer's
+        block, role, _ = group.split(".")
+        return [group, f"{block}.{role}", block, f"{role}.norm", role, "default"]
     if "." in group:
         block, role = group.split(".", 1)
         return [group, block, role, "default"]
@@ -139,7 +144,12 @@ class Recipe(BaseModel):
         for m in self.models:
             for name, value in m.parameters.items():
                 _check_group_keys(f"models[{m.name}].parameters.{name}", value)
-        groups = grouping.groups() if grouping is not None else ["default"]
+        if self.has_norm_values() and not self.split_attn_mlp:
+            raise RecipeError(
+                "a parameter gives block norms their own value (a '...norm' layer group); that needs "
+                "split_attn_mlp: true"
+            )
+        groups = self.groups(grouping) if grouping is not None else ["default"]
         if grouping is not None and grouping.num_groups != self.num_groups:
             raise RecipeError(
                 f"recipe has num_groups={self.num_groups} but was checked with {grouping.num_groups}"
@@ -173,7 +183,29 @@ class Recipe(BaseModel):
 
     def resolve(self, tensor_name: str, grouping: LayerGrouping) -> tuple[dict, list[dict]]:
         """Concrete global and per-model parameters for one tensor (defaults not filled)."""
-        return self._resolve_group(grouping.group_of(tensor_name))
+        return self._resolve_group(self.tensor_group(tensor_name, grouping))
+
+    def has_norm_values(self) -> bool:
+        """Whether a parameter gives block norms their own value (``blockN.attn.norm`` keys)."""
+        values = list(self.parameters.values()) + [v for m in self.models for v in m.parameters.values()]
+        return any(isinstance(v, dict) and any(_NORM_KEY.match(str(k)) for k in v) for v in values)
+
+    def tensor_group(self, tensor_name: str, grouping: LayerGrouping) -> str:
+        """The group a tensor's values are looked up for: its layer group, or ``<group>.norm``
+        for a block norm when the recipe gives norms their own values."""
+        group = grouping.group_of(tensor_name)
+        if grouping.split_attn_mlp and is_block_norm(tensor_name) and self.has_norm_values():
+            return f"{group}.norm"
+        return group
+
+    def groups(self, grouping: LayerGrouping) -> list[str]:
+        """Every group `tensor_group` can return for this grouping, in model order."""
+        if not (grouping.split_attn_mlp and self.has_norm_values()):
+            return grouping.groups()
+        out = []
+        for g in grouping.groups():
+            out += [g, f"{g}.norm"] if g not in ("embed", "head") else [g]
+        return out
 
     def grouping(self, num_layers: int) -> LayerGrouping:
         if self.num_groups > num_layers:
@@ -231,7 +263,7 @@ class Recipe(BaseModel):
         def setting(value: Any) -> Any:
             if not isinstance(value, dict):
                 return value
-            per_tensor = {n: resolve_value(value, grouping.group_of(n), where="export") for n in names}
+            per_tensor = {n: resolve_value(value, self.tensor_group(n, grouping), where="export") for n in names}
             return _filters(per_tensor)
 
         models = []
@@ -257,36 +289,18 @@ class Recipe(BaseModel):
 
     @classmethod
     def from_mergekit(cls, data: Mapping[str, Any], *, source: str = "mergekit config") -> "Recipe":
-        """Import the part of mergekit's format that maps onto a Recipe; refuse the rest by name."""
+        """Import a mergekit config that describes one tensor-wise merge, resolving gradients,
+        filters and slices per tensor as mergekit does (automerge/mergekit_config.py); refuse
+        the rest by name, with the reason."""
+        from automerge.mergekit_config import import_mergekit
         from automerge.methods import METHODS
 
-        for key in ("slices", "modules", "tokenizer_source", "tokenizer", "chat_template"):
-            if data.get(key):
-                raise RecipeError(f"{source}: mergekit key {key!r} is not supported by automerge; remove it")
         by_mergekit = {m.mergekit_name: m.name for m in METHODS.values() if m.mergekit_name}
-        mk_method = data.get("merge_method")
-        if mk_method not in by_mergekit:
-            raise RecipeError(
-                f"{source}: merge_method {mk_method!r} has no automerge equivalent; "
-                f"supported: {', '.join(sorted(by_mergekit))}"
-            )
-        method = by_mergekit[mk_method]
-        base = data.get("base_model")
-        base = _model_path(base) if base is not None else None
-        models = []
-        for i, entry in enumerate(data.get("models") or []):
-            path = _model_path(entry.get("model"))
-            if path == base:
-                continue  # the base appears among mergekit's models for slerp and some others
-            params = {k: _group_value(v, f"{source}: models[{i}].parameters.{k}")
-                      for k, v in (entry.get("parameters") or {}).items()}
-            models.append(ModelSpec(name=_unique_name(path, models), path=path, parameters=params))
-        global_params = {k: _group_value(v, f"{source}: parameters.{k}")
-                         for k, v in (data.get("parameters") or {}).items() if k != "int8_mask"}
-        dtype = data.get("out_dtype") or data.get("dtype") or "float32"
-        if dtype not in DTYPES:
-            raise RecipeError(f"{source}: dtype {dtype!r} not supported; use one of {', '.join(DTYPES)}")
-        return cls(method=method, base=base, models=models, parameters=global_params, dtype=dtype)
+        fields = import_mergekit(data, source=source, method_names=by_mergekit)
+        if fields["dtype"] not in DTYPES:
+            raise RecipeError(f"{source}: dtype {fields['dtype']!r} not supported; use one of {', '.join(DTYPES)}")
+        fields["models"] = [ModelSpec(**m) for m in fields["models"]]
+        return cls.from_dict(fields, source=source)
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -308,44 +322,6 @@ def _parse_yaml(text: str, source: str) -> dict:
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: expected a mapping at the top level")
     return data
-
-
-def _model_path(ref: Any) -> str:
-    if isinstance(ref, dict):  # mergekit's {model: path, lora: ...} form
-        if ref.get("lora"):
-            raise RecipeError("mergekit LoRA model references are not supported; merge the LoRA first")
-        ref = ref.get("model") or ref.get("path")
-    if not isinstance(ref, str):
-        raise RecipeError(f"mergekit model reference {ref!r} is not a path")
-    return ref
-
-
-def _unique_name(path: str, taken: Sequence[ModelSpec]) -> str:
-    stem = Path(path.rstrip("/")).name.replace("zoo:", "") or "model"
-    stem = stem.split(":")[-1]
-    names = {m.name for m in taken}
-    name, i = stem, 2
-    while name in names:
-        name, i = f"{stem}-{i}", i + 1
-    return name
-
-
-_LAYER_FILTER = re.compile(r"^(?P<prefix>.*?\.)(?P<index>\d+)\.$")
-
-
-def _group_value(value: Any, where: str) -> Any:
-    """A mergekit setting that is a scalar or a filter list made by `_filters` (or equivalent)."""
-    if isinstance(value, (bool, int, float)):
-        return value
-    if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
-        raise RecipeError(
-            f"{where}: gradients (lists of numbers interpolated over layers) do not map onto layer "
-            "groups; use per-layer filters or a scalar"
-        )
-    raise RecipeError(
-        f"{where}: only scalar values import; per-tensor filters do not map back onto layer groups "
-        "uniquely — keep the automerge recipe (automerge export --recipe) alongside the mergekit YAML"
-    )
 
 
 def _filters(per_tensor: Mapping[str, Any]) -> list[dict[str, Any]]:
