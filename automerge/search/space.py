@@ -815,7 +815,10 @@ def warm_start_trials(space: "SearchSpace", paths: Sequence[Path]) -> list[WarmS
                             parameters=dict(given[s.name].parameters) if s.name in given else {"weight": 0.0})
                   for s in space.specialists]
         recipe = recipe.model_copy(update={"base": space.base, "models": models})
-        out.append(WarmStart(label=f"warm start: {Path(path).stem}", recipe=recipe, params=None))
+        from automerge.search.warm_map import warm_start_params
+
+        out.append(WarmStart(label=f"warm start: {Path(path).stem}", recipe=recipe,
+                             params=warm_start_params(space, recipe, path)))
     return out
 
 
