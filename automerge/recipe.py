@@ -20,6 +20,9 @@ themselves, then ``default``.
 
 A Recipe exports to a mergekit YAML that makes mergekit compute the same tensors: group
 values become per-layer / per-tensor ``filter`` lists (first match wins), never gradients.
+A mergekit YAML imports (gradients, filters and full-range slices resolved per tensor as
+mergekit does) through `automerge.mergekit_config`; a block's norms may then hold their own
+value (``blockN.attn.norm``, ``blockN.mlp.norm``, with split_attn_mlp).
 """
 
 from __future__ import annotations
