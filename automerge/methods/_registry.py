@@ -181,7 +181,8 @@ class MergeMethod:
         if k < self.min_models or (self.max_models is not None and k > self.max_models):
             raise RecipeError(
                 f"{self.name} merges the base with {self._count_text()} specialist model(s); got {k}"
-                + (" (the base is slerp's t=0 end, the specialist its t=1 end)" if self.name == "slerp" else "")
+                + (" (the base is slerp's t=0 end, the specialist its t=1 end; to slerp two specialists over "
+                   "the base use nuslerp, more of them multislerp)" if self.name == "slerp" else "")
             )
         known_global = {p.name for p in self.global_params}
         known_model = {p.name for p in self.model_params}

@@ -517,7 +517,9 @@ class SearchSpace(BaseModel):
             m = METHODS[name]
             if k < m.min_models or (m.max_models is not None and k > m.max_models):
                 raise fail(where, f"{name} merges {m._count_text()} specialist(s) with the base; the space has "
-                                  f"{k}; remove {name} or change the specialists")
+                                  f"{k}; remove {name} or change the specialists"
+                                  + ("; nuslerp slerps two specialists over the base, multislerp any number"
+                                     if name == "slerp" else ""))
             if m.needs_fisher:
                 raise fail(where, f"{name} needs Fisher estimates, which searches do not compute yet; remove it")
             known = {p.name for p in m.params}

@@ -74,6 +74,8 @@ def test_model_counts_are_checked_per_method(tiny):
     with pytest.raises(SpaceError, match="methods.nuslerp: nuslerp merges exactly 2"):
         space(tiny, specialists=three, methods={"nuslerp": {}}, parameters=weight)
     assert space(tiny, specialists=three, methods=["multislerp"], parameters=weight).method_names == ["multislerp"]
+    with pytest.raises(SpaceError, match="nuslerp slerps two specialists over the base"):
+        space(tiny, methods=["slerp"], parameters={"t": [0.0, 1.0]})
 
 
 def test_the_qwen_example_searches_nuslerp_and_sce():
