@@ -93,7 +93,21 @@ def is_block_norm(tensor_name: str) -> bool:
     m = _LAYER_RE.search(tensor_name)
     if m is None:
         return False
-    return any("norm" in p or p.startswith("ln_") for p in _parts(tensor_name[m.end():]))
+    return _names_a_norm(tensor_name[m.end():])
+
+
+def is_head_norm(tensor_name: str) -> bool:
+    """Whether a tensor is the final norm (model.norm, ln_f, final_layer_norm): it may take a value
+    of its own (``head.norm``) apart from lm_head.
+
+    >>> is_head_norm("model.norm.weight"), is_head_norm("lm_head.weight")
+    (True, False)
+    """
+    return _LAYER_RE.search(tensor_name) is None and tensor_role(tensor_name) == "head" and _names_a_norm(tensor_name)
+
+
+def _names_a_norm(path: str) -> bool:
+    return any("norm" in p or p.startswith("ln_") for p in _parts(path))
 
 
 def num_hidden_layers(config: Mapping[str, Any]) -> int:

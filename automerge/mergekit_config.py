@@ -17,7 +17,7 @@ norm and lm_head the last's).
 The per-tensor values then become group-valued recipe parameters: one group per layer when
 values vary over layers, attention and MLP apart when they differ there, a block's norms
 apart (``blockN.attn.norm``) when a filter leaves them out. Tensors automerge keeps in one
-group (the q/k/v/o projections of a layer, or the final norm and lm_head) must get the same
+group (the q/k/v/o projections of a layer, or its gate/up/down projections) must get the same
 value, else the import is refused naming the tensors.
 
 What is refused, by name, with the reason: `passthrough` and slices whose sources cover
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from automerge.errors import AutomergeError, RecipeError
-from automerge.layers import is_block_norm, layer_index, tensor_role
+from automerge.layers import is_block_norm, is_head_norm, layer_index, tensor_role
 
 # Keys automerge refuses, with the reason a user reads.
 _REFUSED_KEYS = {
@@ -297,11 +297,13 @@ class _Layout:
     num_groups: int
     split: bool
     norms: bool
+    head_norm: bool = False  # the final norm apart from lm_head
 
     def key(self, name: str) -> str:
         i = layer_index(name)
         if i is None:
-            return tensor_role(name)  # embed or head
+            role = tensor_role(name)  # embed or head
+            return "head.norm" if self.head_norm and is_head_norm(name) else role
         block = f"block{i if self.num_groups > 1 else 0}"
         if not self.split:
             return block
@@ -311,7 +313,7 @@ class _Layout:
 
 def _layout(values: Sequence[Mapping[str, Any]], tensors: Sequence[str], num_layers: int, source: str) -> _Layout:
     """The coarsest grouping that holds every per-tensor value; refuse what no grouping holds."""
-    finest = _Layout(num_groups=num_layers, split=True, norms=True)
+    finest = _Layout(num_groups=num_layers, split=True, norms=True, head_norm=True)
     for per_tensor in values:
         seen: dict[str, tuple[str, Any]] = {}
         for name in tensors:
@@ -324,14 +326,14 @@ def _layout(values: Sequence[Mapping[str, Any]], tensors: Sequence[str], num_lay
                     f"{source}: a filter gives {other[0]} and {name} different values ({other[1]!r} vs "
                     f"{per_tensor[name]!r}), but both are in automerge's layer group {key!r}; automerge's "
                     "finest groups are a layer's attention weights, its MLP weights, each one's norms, the "
-                    "embeddings, and the head (final norm with lm_head)"
+                    "embeddings, the final norm and the output projection"
                 )
-    for layout in (_Layout(1, False, False), _Layout(1, True, False), _Layout(1, True, True),
-                   _Layout(num_layers, False, False), _Layout(num_layers, True, False), finest):
-        if layout.num_groups > num_layers:
-            continue
-        if all(_fits(per_tensor, tensors, layout) for per_tensor in values):
-            return layout
+    for blocks in ((1, False, False), (1, True, False), (1, True, True),
+                   (num_layers, False, False), (num_layers, True, False), (num_layers, True, True)):
+        for head_norm in (False, True):
+            layout = _Layout(*blocks, head_norm=head_norm)
+            if all(_fits(per_tensor, tensors, layout) for per_tensor in values):
+                return layout
     return finest
 
 

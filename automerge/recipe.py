@@ -37,14 +37,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from automerge.errors import RecipeError
 from automerge.files import write_text as write_text_atomic
-from automerge.layers import LayerGrouping, is_block_norm, layer_index
+from automerge.layers import LayerGrouping, is_block_norm, is_head_norm, layer_index
 
 GroupValue = Union[float, dict[str, float]]
 ParamValue = Union[bool, float, dict[str, float]]
 
 _GROUP_KEY = re.compile(r"^(embed|head|attn|mlp|default|block\d+|block\d+\.(attn|mlp))$")
-# A block's norm tensors may take their own value (split_attn_mlp only): blockN.attn.norm, mlp.norm, ...
-_NORM_KEY = re.compile(r"^(block\d+\.)?(attn|mlp)\.norm$")
+# Norm tensors may take their own value: a block's (split_attn_mlp only) blockN.attn.norm, mlp.norm, ...;
+# the final norm head.norm (apart from lm_head).
+_NORM_KEY = re.compile(r"^((block\d+\.)?(attn|mlp)|head)\.norm$")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -56,12 +57,14 @@ def _check_group_keys(where: str, value: Any) -> None:
             if not (_GROUP_KEY.match(str(key)) or _NORM_KEY.match(str(key))):
                 raise RecipeError(
                     f"{where}: unknown layer group {key!r}; use embed, head, attn, mlp, default, "
-                    "blockN, blockN.attn / blockN.mlp or blockN.attn.norm / blockN.mlp.norm"
+                    "blockN, blockN.attn / blockN.mlp, blockN.attn.norm / blockN.mlp.norm or head.norm"
                 )
 
 
 def lookup_keys(group: str) -> list[str]:
     """The keys a group-valued parameter is searched for, most specific first."""
+    if group == "head.norm":
+        return [group, "head", "default"]
     if group.endswith(".norm"):  # blockN.attn.norm: the norm's own value, then its sublayer's
         block, role, _ = group.split(".")
         return [group, f"{block}.{role}", block, f"{role}.norm", role, "default"]
@@ -188,26 +191,32 @@ class Recipe(BaseModel):
         """Concrete global and per-model parameters for one tensor (defaults not filled)."""
         return self._resolve_group(self.tensor_group(tensor_name, grouping))
 
+    def _norm_keys(self) -> set[str]:
+        values = list(self.parameters.values()) + [v for m in self.models for v in m.parameters.values()]
+        return {str(k) for v in values if isinstance(v, dict) for k in v if _NORM_KEY.match(str(k))}
+
     def has_norm_values(self) -> bool:
         """Whether a parameter gives block norms their own value (``blockN.attn.norm`` keys)."""
-        values = list(self.parameters.values()) + [v for m in self.models for v in m.parameters.values()]
-        return any(isinstance(v, dict) and any(_NORM_KEY.match(str(k)) for k in v) for v in values)
+        return any(k != "head.norm" for k in self._norm_keys())
 
     def tensor_group(self, tensor_name: str, grouping: LayerGrouping) -> str:
         """The group a tensor's values are looked up for: its layer group, or ``<group>.norm``
-        for a block norm when the recipe gives norms their own values."""
+        for a norm when the recipe gives norms their own values."""
         group = grouping.group_of(tensor_name)
+        if group == "head":
+            return "head.norm" if is_head_norm(tensor_name) and "head.norm" in self._norm_keys() else group
         if grouping.split_attn_mlp and is_block_norm(tensor_name) and self.has_norm_values():
             return f"{group}.norm"
         return group
 
     def groups(self, grouping: LayerGrouping) -> list[str]:
         """Every group `tensor_group` can return for this grouping, in model order."""
-        if not (grouping.split_attn_mlp and self.has_norm_values()):
-            return grouping.groups()
+        blocks = grouping.split_attn_mlp and self.has_norm_values()
         out = []
         for g in grouping.groups():
-            out += [g, f"{g}.norm"] if g not in ("embed", "head") else [g]
+            out.append(g)
+            if (g == "head" and "head.norm" in self._norm_keys()) or (blocks and g != "embed" and g != "head"):
+                out.append(f"{g}.norm")
         return out
 
     def grouping(self, num_layers: int) -> LayerGrouping:

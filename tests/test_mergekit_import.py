@@ -157,6 +157,19 @@ def test_full_range_slices_import(models):
     assert r.parameters == {"t": 0.5}
 
 
+def test_lm_head_and_the_final_norm_take_their_own_values(models):
+    cfg = ties(parameters={"lambda": [{"filter": "lm_head", "value": 0.5}, {"value": 1.0}]})
+    r = load(models, cfg)
+    assert r.parameters["lambda"] == {"head": 0.5, "head.norm": 1.0, "default": 1.0}
+    cfg = ties(parameters={"lambda": [{"filter": "model.norm", "value": 0.5}, {"value": 1.0}]})
+    r = load(models, cfg)
+    assert r.parameters["lambda"] == {"head.norm": 0.5, "default": 1.0} and not r.split_attn_mlp
+    g = r.grouping(5)
+    assert r.resolve("model.norm.weight", g)[0]["lambda"] == 0.5
+    assert r.resolve("lm_head.weight", g)[0]["lambda"] == 1.0
+    r.validate_for(g)
+
+
 def test_a_filter_finer_than_a_layer_group_is_refused_naming_both_tensors(models):
     cfg = ties(parameters={"lambda": [{"filter": "q_proj", "value": 0.5}, {"value": 1.0}]})
     with pytest.raises(RecipeError, match=r"q_proj.*k_proj|k_proj.*q_proj"):
