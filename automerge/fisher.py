@@ -43,7 +43,8 @@ def _examples(tokenizer, texts: Iterable[str], *, seq_len: int, max_tokens: int)
     out: list[list[int]] = []
     total = 0
     for text in texts:
-        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        # verbose=False: a text longer than the model's context is expected here (it is chunked below)
+        ids = list(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
         for start in range(0, len(ids), seq_len):
             piece = ids[start : start + seq_len][: max_tokens - total]
             if len(piece) < 2:

@@ -196,3 +196,30 @@ def test_recipe_yaml_roundtrip_and_no_fisher_key_for_other_methods(tmp_path):
     assert "fisher" not in plain.to_yaml()
     with pytest.raises(RecipeError, match="fisher"):
         Recipe.from_dict({"method": "fisher", "models": [{"name": "a", "path": "x", "fisher": {"max_tokens": 1}}]})
+
+
+def test_per_layer_group_weights_apply_to_fisher(models, estimates):
+    from automerge.engine import ResidentMerger
+
+    recipe = Recipe.from_dict({"method": "fisher", "base": str(models["base"]), "num_groups": 2, "models": [
+        {"name": "code", "path": str(models["code"]), "parameters": {"weight": {"block0": 1.0, "default": 0.25}}},
+        {"name": "lang", "path": str(models["lang"]), "parameters": {"weight": 1.0}}]})
+    merger = ResidentMerger(base=models["base"], specialists={n: models[n] for n in ("code", "lang")},
+                            device="cpu", fisher=estimates)
+    merger.apply(recipe)
+    got = dict(merger.state_dict_iter())
+    grouping = merger.grouping(recipe)
+    heavy, light = expected(models, estimates, (1.0, 1.0)), expected(models, estimates, (0.25, 1.0))
+    groups = set()
+    for name, t in got.items():
+        group = grouping.group_of(name)
+        groups.add(group)
+        torch.testing.assert_close(t, (heavy if group == "block0" else light)[name], rtol=1e-6, atol=1e-7, msg=name)
+    assert {"block0", "block1"} <= groups
+
+
+def test_equal_estimates_are_equal_files(tmp_path):
+    f = {"a.weight": torch.rand(3, 4), "b.bias": torch.rand(5)}
+    meta = {"model": "m", "max_tokens": 1, "seq_len": 2, "batch_size": 3, "texts": 4, "data": "d"}
+    paths = [save_fisher(f, tmp_path / f"{i}.safetensors", metadata=meta) for i in range(4)]
+    assert len({p.read_bytes() for p in paths}) == 1  # no metadata order left to chance

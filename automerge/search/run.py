@@ -192,6 +192,9 @@ def _prepare_fisher(study: SearchStudy, study_dir: Path, progress: Any, *, devic
     from automerge.engine import pick_device
     from automerge.search.fisher import study_fisher
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bar below; the worker's runner turns it off anyway
     dev = str(pick_device(device))
     if progress.quiet:
         seen: set[str] = set()
