@@ -19,7 +19,7 @@ from automerge.errors import RecipeError
 from automerge.fisher import estimate_fisher, load_fisher, save_fisher
 from automerge.methods import fisher_merge
 from automerge.recipe import FisherData, Recipe
-from tiny_models import save_tiny_model
+from tiny_models import save_tiny_family
 
 CODE = ["def add(a, b):\n    return a + b\n", "for i in range(10):\n    total += i\n"]
 PROSE = ["The quick brown fox jumps over the lazy dog.", "A counter keeps counts of hashable things."]
@@ -27,10 +27,7 @@ PROSE = ["The quick brown fox jumps over the lazy dog.", "A counter keeps counts
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fisher-recipe")
-    base = save_tiny_model(root / "base", arch="llama", seed=0, num_layers=2, hidden=16)
-    return {"base": base, "code": save_tiny_model(root / "code", base=base, seed=1, noise=0.2),
-            "lang": save_tiny_model(root / "lang", base=base, seed=2, noise=0.2)}
+    return save_tiny_family(tmp_path_factory.mktemp("fisher-models"))
 
 
 @pytest.fixture(scope="module")

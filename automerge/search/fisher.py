@@ -67,6 +67,22 @@ def proxy_texts(space: Any, specialist: Any, *, data_dir: Path | None = None) ->
     return out
 
 
+def check_sources(space: Any) -> None:
+    """Method fisher: every `fisher:` file and data file of the space exists (SpaceError names it)."""
+    from automerge.methods import METHODS
+
+    if not any(METHODS[m].needs_fisher for m in space.method_names):
+        return
+    for i, s in enumerate(space.specialists):
+        src = s.fisher
+        path, key = (src, "fisher") if isinstance(src, str) else (getattr(src, "data", None), "fisher.data")
+        if path is not None and not Path(path).is_file():
+            raise SpaceError(f"{space._source}: specialists[{i}].{key}: {path} does not exist (relative paths are "
+                             "relative to the working directory, like the models' paths); fix the path"
+                             + (f", or make it with `automerge fisher {s.path} DATA.jsonl {path}`" if key == "fisher"
+                                else ""))
+
+
 @contextmanager
 def _locked(directory: Path) -> Iterator[None]:
     """An exclusive lock on directory/.lock (workers on this machine, or on a shared filesystem)."""

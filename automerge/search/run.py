@@ -79,6 +79,9 @@ def prepare(opts: SearchOptions, *, check_models: bool = True) -> tuple[SearchSt
         space = _with_overrides(space, opts)
         if check_models:
             space.check_models()  # fails before any model loads or anything is written
+        from automerge.search.fisher import check_sources
+
+        check_sources(space)  # method fisher: estimate files and data exist (before anything is written)
     else:
         storage = open_storage(url)
         try:
@@ -189,10 +192,10 @@ def _prepare_fisher(study: SearchStudy, study_dir: Path, progress: Any, *, devic
 
     if not any(METHODS[m].needs_fisher for m in study.space.method_names):
         return
+    from transformers.utils import logging as hf_logging
+
     from automerge.engine import pick_device
     from automerge.search.fisher import study_fisher
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bar below; the worker's runner turns it off anyway
     dev = str(pick_device(device))

@@ -5,6 +5,7 @@ export refuses mergekit and reproduces the model from the recipe. Real engine, t
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -29,12 +30,9 @@ HERE = Path(__file__).parent
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from tiny_models import save_tiny_model
+    from tiny_models import save_tiny_family
 
-    root = tmp_path_factory.mktemp("fisher-search-models")
-    base = save_tiny_model(root / "base", arch="llama", seed=0, num_layers=2, hidden=16)
-    return {"base": base, "code": save_tiny_model(root / "code", base=base, seed=1, noise=0.2),
-            "lang": save_tiny_model(root / "lang", base=base, seed=2, noise=0.2)}
+    return save_tiny_family(tmp_path_factory.mktemp("fisher-models"))
 
 
 def fisher_space(models: dict[str, Path], path: Path, **over) -> Path:
@@ -93,17 +91,22 @@ def fisher_study(tiny, tmp_path_factory):
     calls: list[str] = []
     real = fisher_mod.estimate_fisher
     fisher_mod.estimate_fisher = lambda *a, **k: calls.append("x") or real(*a, **k)
-    try:
-        run_search(SearchOptions(space=space, results_dir=results, quiet=True, threads=1, report=False))
+    shown = io.StringIO()
+    try:  # not quiet: the live display, with the estimates' progress bar before it
+        run_search(SearchOptions(space=space, results_dir=results, threads=1, report=False), stream=shown)
     finally:
         fisher_mod.estimate_fisher = real
-    return {"space": space, "results": results, "calls": calls, "url": f"sqlite:///{results / 'fs' / 'study.db'}"}
+    return {"space": space, "results": results, "calls": calls, "url": f"sqlite:///{results / 'fs' / 'study.db'}",
+            "output": shown.getvalue()}
 
 
 def test_search_estimates_once_beside_the_study_and_resumes_with_it(fisher_study, count_estimates):
     study_dir = fisher_study["results"] / "fs"
     files = sorted((study_dir / "fisher").glob("*.safetensors"))
     assert [f.name.split("-")[0] for f in files] == ["code", "lang"] and len(fisher_study["calls"]) == 2
+    out = fisher_study["output"]
+    assert "Fisher code" in out and "Fisher lang" in out and "4/4" in out  # the bar, to the last example
+    assert out.index("Fisher lang") < out.index("baseline uniform linear")  # before any trial
     stamps = {f: (f.stat().st_mtime_ns, sha(f)) for f in files}
     study = SearchStudy.open("fs", fisher_study["url"], None)
     try:
@@ -210,6 +213,13 @@ def test_a_space_without_a_source_for_a_specialist_is_refused(tiny, tmp_path):
     with pytest.raises(SpaceError, match=r"specialists\[1\]\.fisher: .*no proxy task.*fisher: \{data: FILE.jsonl\}"):
         run_search(SearchOptions(space=space, results_dir=tmp_path / "r", quiet=True, report=False))
     assert not (tmp_path / "r").exists()
+    for src, key in (("nope.safetensors", r"fisher"), ({"data": "nope.jsonl"}, r"fisher\.data")):
+        space = fisher_space(tiny, tmp_path / "space.yaml", specialists=[
+            {"name": "code", "path": str(tiny["code"]), "domain": "code", "fisher": src},
+            {"name": "lang", "path": str(tiny["lang"]), "domain": "nl"}])
+        with pytest.raises(SpaceError, match=rf"specialists\[0\]\.{key}: nope\.\w+ does not exist"):
+            run_search(SearchOptions(space=space, results_dir=tmp_path / "r", quiet=True, report=False))
+        assert not (tmp_path / "r").exists()  # before the study or its directory exists
 
 
 def test_proxy_texts_come_from_the_end_of_the_evaluation_order(tiny, tmp_path):
