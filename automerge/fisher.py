@@ -225,12 +225,16 @@ def deterministic(model: torch.nn.Module) -> Iterator[None]:
 
     On a CPU: one thread (a matmul's reduction order depends on how many threads split it).
     Everywhere: torch's deterministic algorithms (warn-only: a kernel without a deterministic
-    variant still runs). Both are restored afterwards.
+    variant still runs). Both are restored afterwards. On a GPU, cuBLAS is deterministic only
+    with CUBLAS_WORKSPACE_CONFIG set before its first call: set here when unset (a search
+    estimates before it merges anything).
     """
     threads = torch.get_num_threads()
     was = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     on_cpu = next(model.parameters()).device.type == "cpu"
+    if not on_cpu:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if on_cpu:
         torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True, warn_only=True)

@@ -220,3 +220,21 @@ def test_equal_estimates_are_equal_files(tmp_path):
     meta = {"model": "m", "max_tokens": 1, "seq_len": 2, "batch_size": 3, "texts": 4, "data": "d"}
     paths = [save_fisher(f, tmp_path / f"{i}.safetensors", metadata=meta) for i in range(4)]
     assert len({p.read_bytes() for p in paths}) == 1  # no metadata order left to chance
+
+
+def test_estimates_are_the_same_bytes_whatever_the_thread_count(models, tmp_path):
+    from automerge.fisher import cached_fisher
+
+    texts = CODE * 8
+    before = torch.get_num_threads()
+    files = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            files.append(cached_fisher(models["code"], texts, cache_dir=tmp_path / str(threads), max_tokens=256,
+                                       seq_len=32))
+            assert torch.get_num_threads() == threads  # restored after the estimate
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.set_num_threads(before)
+    assert files[0].name == files[1].name and files[0].read_bytes() == files[1].read_bytes()
