@@ -36,8 +36,13 @@ def merge_command(
     if recipe.method == "fisher":  # estimates before the merger: estimating loads each model once more
         from automerge.fisher import resolve_fisher
 
-        fisher_files = resolve_fisher(recipe, given=_fisher_options(fisher), cache_dir=fisher_cache,
-                                      device=str(pick_device(device)), where=str(recipe_path))
+        given = _fisher_options(fisher)
+        fisher_files = resolve_fisher(recipe, given=given, cache_dir=fisher_cache, device=str(pick_device(device)),
+                                      where=str(recipe_path))
+        # The recipe saved with the model names the files --fisher gave, so that it reproduces the model.
+        recipe = recipe.model_copy(update={"models": [
+            m.model_copy(update={"fisher": str(given[m.name].resolve())}) if m.name in given else m
+            for m in recipe.models]})
     # linear needs no base; the first model then serves as the reference its task vectors start from.
     merger = ResidentMerger(
         base=recipe.base or recipe.models[0].path, specialists={m.name: m.path for m in recipe.models}, device=device,

@@ -106,6 +106,11 @@ def test_fisher_option_overrides_the_recipe(models, estimates, tmp_path):
     want = expected(models, estimates)
     for name, t in merged(tmp_path / "out").items():
         torch.testing.assert_close(t, want[name], rtol=1e-6, atol=1e-7, msg=name)
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:  # the saved recipe names those files
+        saved = Recipe.from_yaml(f.metadata()["automerge_recipe"])
+    assert {m.name: m.fisher for m in saved.models} == {n: str(p.resolve()) for n, p in estimates.items()}
 
 
 def test_missing_estimate_names_the_model_and_the_key_to_add(models, estimates, tmp_path):
