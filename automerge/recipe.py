@@ -87,6 +87,17 @@ def resolve_value(value: Any, group: str, *, where: str) -> Any:
     )
 
 
+class FisherData(BaseModel):
+    """Estimate a specialist's Fisher from a text sample (`automerge.fisher.cached_fisher`, cached)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str  # JSONL of {"text": ...} records, or a plain text file
+    max_tokens: int = Field(8192, ge=2)
+    seq_len: int = Field(512, ge=2)
+    batch_size: int = Field(1, ge=1)
+
+
 class ModelSpec(BaseModel):
     """One specialist of a merge: a name used in searches, a path and its per-model parameters."""
 
@@ -95,6 +106,8 @@ class ModelSpec(BaseModel):
     name: str
     path: str
     parameters: dict[str, GroupValue] = Field(default_factory=dict)
+    # method fisher only: an estimate file (`automerge fisher`), or the data to estimate it from
+    fisher: Union[str, FisherData, None] = None
 
 
 class Recipe(BaseModel):
@@ -232,7 +245,11 @@ class Recipe(BaseModel):
     # -- YAML ----------------------------------------------------------------------------
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        data = self.model_dump(mode="json")
+        for m in data["models"]:  # no `fisher: null` on every model of every other method
+            if m.get("fisher") is None:
+                m.pop("fisher", None)
+        return yaml.safe_dump(data, sort_keys=False)
 
     def save(self, path: str | Path) -> Path:
         return write_text_atomic(Path(path), self.to_yaml())
@@ -259,7 +276,23 @@ class Recipe(BaseModel):
         path = Path(path)
         if not path.is_file():
             raise RecipeError(f"recipe file {path} does not exist")
-        return cls.from_yaml(path.read_text(), source=str(path))
+        return cls.from_yaml(path.read_text(), source=str(path)).with_fisher_paths_from(path.parent)
+
+    def with_fisher_paths_from(self, directory: str | Path) -> "Recipe":
+        """The same recipe with relative Fisher paths (files and data) made absolute against
+        `directory` (a recipe file's own directory: `fisher:` paths are relative to the recipe)."""
+        def absolute(p: str) -> str:
+            return p if Path(p).is_absolute() else str((Path(directory) / p).resolve())
+
+        models = []
+        for m in self.models:
+            f = m.fisher
+            if isinstance(f, str):
+                f = absolute(f)
+            elif isinstance(f, FisherData):
+                f = f.model_copy(update={"data": absolute(f.data)})
+            models.append(m.model_copy(update={"fisher": f}))
+        return self.model_copy(update={"models": models})
 
     # -- mergekit ------------------------------------------------------------------------
 

@@ -79,6 +79,9 @@ def prepare(opts: SearchOptions, *, check_models: bool = True) -> tuple[SearchSt
         space = _with_overrides(space, opts)
         if check_models:
             space.check_models()  # fails before any model loads or anything is written
+        from automerge.search.fisher import check_sources
+
+        check_sources(space)  # method fisher: estimate files and data exist (before anything is written)
     else:
         storage = open_storage(url)
         try:
@@ -143,6 +146,7 @@ def run_search(
         if runner is None:
             runner = EngineRunner(space, device=opts.device, threads=threads)
         progress = Progress(study, quiet=opts.quiet, log_path=study_dir / "search.log", stream=stream)
+        _prepare_fisher(study, study_dir, progress, device=opts.device or space.device)
 
         def events(e: Any) -> None:
             progress.on_event(e)
@@ -179,6 +183,45 @@ def run_search(
         return SearchOutcome(study=study, study_dir=study_dir, stats=stats, summary=summary)
     finally:
         study.close()
+
+
+def _prepare_fisher(study: SearchStudy, study_dir: Path, progress: Any, *, device: str) -> None:
+    """Method fisher: every specialist's estimate, once per study, before sampling (progress bar);
+    the space's recipes then name the files (automerge.search.fisher)."""
+    from automerge.methods import METHODS
+
+    if not any(METHODS[m].needs_fisher for m in study.space.method_names):
+        return
+    from transformers.utils import logging as hf_logging
+
+    from automerge.engine import pick_device
+    from automerge.search.fisher import study_fisher
+
+    hf_logging.disable_progress_bar()  # our own bar below; the worker's runner turns it off anyway
+    dev = str(pick_device(device))
+    if progress.quiet:
+        seen: set[str] = set()
+
+        def report(name: str, done: int, total: int) -> None:
+            if name not in seen:
+                seen.add(name)
+                progress.log(f"estimating the Fisher of {name} ({total} examples, {dev})")
+        files = study_fisher(study, study_dir, device=dev, progress=report)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
+
+        with Bar(TextColumn("Fisher {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                 console=progress.console, transient=False) as bar:
+            tasks: dict[str, Any] = {}
+
+            def report(name: str, done: int, total: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=total)
+                bar.update(tasks[name], completed=done)
+            files = study_fisher(study, study_dir, device=dev, progress=report)
+    study.space._fisher = {n: str(p) for n, p in files.items()}
+    progress.log("Fisher estimates: " + ", ".join(f"{n} {p}" for n, p in files.items()))
 
 
 def _write_report(study: SearchStudy, opts: SearchOptions) -> str:

@@ -14,6 +14,8 @@ File format (every key but base, specialists and objectives has a default)::
       - {name: lang, path: zoo:lang, domain: nl, parameters: {weight: [0.2, 1.2]}}  # own λ range
     references: [{name: mix, path: zoo:mix}]     # evaluated like baselines, shown on every front
     methods: [task_arithmetic, ties, dare_ties]  # or {ties: {density: [0.3, 1.0]}, ...} per method
+                                     # fisher: each specialist's estimate from the objectives' proxy items
+                                     # of its domain, or its `fisher: FILE` / `fisher: {data: FILE.jsonl}`
     parameters:                      # per method parameter; a number/bool fixes it
       weight:  {low: 0.0, high: 1.5}               # λ_i: each specialist's task-vector scale
       density: {low: 0.1, high: 1.0, per_group: true}
@@ -48,7 +50,8 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Mapping, Protocol, Sequence, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, \
+    model_validator
 
 from automerge.errors import AutomergeError, SpaceError
 
@@ -128,6 +131,16 @@ def _coerce_specs(value: Any) -> Any:
     return value
 
 
+class SpecialistFisher(BaseModel):
+    """Where method fisher's estimate of a specialist comes from (automerge.search.fisher)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str | None = None  # JSONL of {"text": ...}; None: the space's proxy items of the specialist's domain
+    max_tokens: int = Field(8192, ge=2)
+    seq_len: int = Field(512, ge=2)
+
+
 class Specialist(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -135,6 +148,7 @@ class Specialist(BaseModel):
     path: str
     domain: str = "general"  # "code" | "nl" | anything descriptive
     parameters: dict[str, ParamSpec] = Field(default_factory=dict)  # overrides, e.g. its own λ range
+    fisher: Union[str, SpecialistFisher, None] = None  # an estimate file, or how to estimate it (method fisher)
 
     @field_validator("parameters", mode="before")
     @classmethod
@@ -421,6 +435,8 @@ class SearchSpace(BaseModel):
         return hashlib.sha256(yaml.safe_dump(data, sort_keys=True).encode()).hexdigest()[:16]
 
     _source: str = "search space"
+    # method fisher: {specialist: estimate file} of this study (automerge.search.fisher.study_fisher)
+    _fisher: dict[str, str] = PrivateAttr(default_factory=dict)
 
     # -- derived -----------------------------------------------------------------------------
 
@@ -521,7 +537,7 @@ class SearchSpace(BaseModel):
                                   + ("; nuslerp slerps two specialists over the base, multislerp any number"
                                      if name == "slerp" else ""))
             if m.needs_fisher:
-                raise fail(where, f"{name} needs Fisher estimates, which searches do not compute yet; remove it")
+                self._check_fisher_sources(fail)
             known = {p.name for p in m.params}
             for pname in self._method_spec(name):
                 if pname not in known:
@@ -561,6 +577,19 @@ class SearchSpace(BaseModel):
             if r.name in names:
                 raise fail(f"references[{i}].name", f"{r.name!r} is also a specialist's name; rename it")
         self._check_tasks(fail)
+
+    def _check_fisher_sources(self, fail: Callable[[str, str], SpaceError]) -> None:
+        """Method fisher: every specialist has an estimate file, data, or proxy items of its domain."""
+        from automerge.search.fisher import proxy_tasks_for
+
+        for i, s in enumerate(self.specialists):
+            src = s.fisher
+            if isinstance(src, str) or (src is not None and src.data is not None):
+                continue
+            if not proxy_tasks_for(self, s):
+                raise fail(f"specialists[{i}].fisher", f"method fisher needs an estimate for {s.name}, and no proxy "
+                                                       f"task of the objectives has its domain {s.domain!r}; give "
+                                                       "fisher: FILE.safetensors or fisher: {data: FILE.jsonl}")
 
     def _check_tasks(self, fail: Callable[[str, str], SpaceError]) -> None:
         try:
@@ -666,7 +695,8 @@ class SearchSpace(BaseModel):
                 spec = self.param_spec(method, p.name, s.name)
                 if spec is not None:
                     mp[p.name] = value(f"{method}.{p.name}.{s.name}", spec)
-            models.append(ModelSpec(name=s.name, path=s.path, parameters=mp))
+            models.append(ModelSpec(name=s.name, path=s.path, parameters=mp,
+                                    fisher=self._fisher.get(s.name) if m.needs_fisher else None))
         return Recipe(method=method, base=self.base, models=models, parameters=params, num_groups=num_groups,
                       split_attn_mlp=split, seed=self.seed, dtype=self.dtype)
 
@@ -910,7 +940,7 @@ def _yaml_path(loc: Sequence[Any]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif str(part) in ("Range", "Choice", "bool", "int", "float", "str", "list[str]",
+        elif str(part) in ("Range", "Choice", "bool", "int", "float", "str", "list[str]", "SpecialistFisher",
                            "dict[str,union[Range,Choice,bool,int,float,str]]", "function-after[_check(), Range]",
                            "literal['specialists','uniform_linear','task_arithmetic','ties']"):
             continue  # pydantic's union-member markers are not part of the YAML path

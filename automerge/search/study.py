@@ -5,7 +5,9 @@ Layout in the storage (SQLite file `results/<study>/study.db` by default, or any
 * Optuna studies ``<study>`` (rung 0), ``<study>:r1`` … and ``<study>:full`` (the top rung).
   All share the directions and metric names (the objectives). Study user_attrs of ``<study>``:
   ``space`` (resolved YAML), ``space_fingerprint``, ``rungs`` (list of {name, items}),
-  ``automerge_version``.
+  ``automerge_version``, and with method fisher ``fisher:<specialist>`` ({sha256, file}: the
+  estimate every worker must use, see `automerge.search.fisher`; the files live in
+  ``results/<study>/fisher/``).
 * Trial user_attrs: ``recipe`` (YAML), ``rung``, ``rung_name``, ``items`` (per-task limit, null =
   all), ``parent`` (trial number in the previous rung's study, null at rung 0), ``origin``
   (trial number of the lineage at rung 0), ``kind`` (search | baseline | reference), ``label``,

@@ -118,7 +118,12 @@ class EngineRunner:
         self.setup()
         t0 = time.perf_counter()
         if job.recipe is not None:
-            self.merger.apply(job.recipe)
+            recipe = job.recipe
+            if recipe.method == "fisher" and self.space._fisher:
+                from automerge.fisher import reachable_fisher
+
+                recipe = reachable_fisher(recipe, self.space._fisher)  # a peer's trial names the peer's path
+            self.merger.apply(recipe)
         else:
             self._load_reference(job.model_path)
         model = self.merger.model
