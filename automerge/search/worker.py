@@ -30,7 +30,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
+import numpy as np
+
 from automerge.errors import AutomergeError
+from automerge.search.noise import ITEMS_PREFIX, ItemScores
 from automerge.search.scheduler import BASELINE, REFERENCE, SEARCH, Scheduler
 from automerge.search.study import DONE, FAILED, RUNNING, ClaimRow, SearchStudy, Snapshot, make_sampler, \
     worker_alive, worker_id
@@ -62,6 +65,7 @@ class Evaluation:
     apply_seconds: float = 0.0
     eval_seconds: float = 0.0
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    items: dict[str, ItemScores] = field(default_factory=dict)  # task -> per-item scores (error bars)
 
 
 class TrialRunner(Protocol):
@@ -133,6 +137,8 @@ class EngineRunner:
             apply_seconds=t1 - t0,
             eval_seconds=t2 - t1,
             metrics={t: dict(r.metrics) for t, r in results.items()},
+            items={t: ItemScores(metric=r.metric, num=np.asarray(r.item_num), den=np.asarray(r.item_den))
+                   for t, r in results.items() if getattr(r, "item_num", None) is not None and not r.failed},
         )
 
     def free(self) -> None:
@@ -218,7 +224,8 @@ class Worker:
         self.on_event = on_event or (lambda e: None)
         self.me = worker or worker_id()
         self.scheduler = Scheduler(num_rungs=study.num_rungs, eta=space.rungs.eta, directions=space.directions,
-                                   tie_break=space.rungs.tie_break, rule=space.rungs.rule)
+                                   tie_break=space.rungs.tie_break, rule=space.rungs.rule,
+                                   noise_z=space.rungs.noise_z)
         self.baselines = {b.key: b for b in space.baseline_trials()}
         self.references = {f"ref:{r.name}": r for r in space.references}
         self.warm = {w.key: w for w in warm_starts}  # earlier rounds' recipes, as search trials
@@ -596,6 +603,8 @@ class Worker:
                     storage.set_trial_user_attr(tid, f"score:{task}", _jsonable(score))
                 for task, n in result.counts.items():
                     storage.set_trial_user_attr(tid, f"n:{task}", int(n))
+                for task, items in result.items.items():
+                    storage.set_trial_user_attr(tid, f"{ITEMS_PREFIX}{task}", items.encode())
                 storage.set_trial_user_attr(tid, "eval_items", int(sum(result.counts.values())))
                 storage.set_trial_user_attr(tid, "eval_seconds", round(result.eval_seconds or elapsed, 4))
                 storage.set_trial_user_attr(tid, "apply_seconds", round(result.apply_seconds, 4))
