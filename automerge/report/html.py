@@ -58,7 +58,7 @@ def write_report(data: StudyData, out_dir: str | Path | None = None) -> Path:
 
 
 def trials_csv(data: StudyData) -> str:
-    return data.trials.drop(columns=["recipe"], errors="ignore").to_csv(index=False)
+    return data.trials.drop(columns=["recipe", "item_scores"], errors="ignore").to_csv(index=False)
 
 
 # -- figures ------------------------------------------------------------------------------------

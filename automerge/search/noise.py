@@ -51,7 +51,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-ITEMS_PREFIX = "items:"  # trial user attr ``items:<task>``: `ItemScores.encode()` of that task
+ITEMS_ATTR = "item_scores"  # trial user attr: {task: `ItemScores.encode()`} (one write per trial)
 LL_METRICS = ("token_prob", "ll_per_token")  # pooled log-likelihood: units are nats/token
 Scale = Literal["score", "units"]
 DEFAULT_RESAMPLES = 2000
@@ -122,12 +122,12 @@ def items_from_attrs(user_attrs: Mapping[str, Any]) -> dict[str, ItemScores]:
     """Task -> ItemScores of a trial's user attrs (tasks without stored items are absent; an
     unreadable entry is skipped: error bars are a view, never a reason to fail)."""
     out = {}
-    for key, value in user_attrs.items():
-        if key.startswith(ITEMS_PREFIX) and isinstance(value, Mapping):
-            try:
-                out[key[len(ITEMS_PREFIX):]] = ItemScores.decode(value)
-            except (KeyError, ValueError, TypeError):
-                continue
+    stored = user_attrs.get(ITEMS_ATTR)
+    for task, value in (stored.items() if isinstance(stored, Mapping) else ()):
+        try:
+            out[str(task)] = ItemScores.decode(value)
+        except (KeyError, ValueError, TypeError, AttributeError):
+            continue
     return out
 
 

@@ -10,9 +10,9 @@ Layout in the storage (SQLite file `results/<study>/study.db` by default, or any
   all), ``parent`` (trial number in the previous rung's study, null at rung 0), ``origin``
   (trial number of the lineage at rung 0), ``kind`` (search | baseline | reference), ``label``,
   ``key`` (the claim item, below), ``score:<task>`` (primary metric per task), ``n:<task>``,
-  ``items:<task>`` (per-item scores of that task, in its fixed item order: {metric, n, num, den},
-  base64 float32 arrays, see `automerge.search.noise.ItemScores`; what error bars and paired
-  comparisons are computed from), ``eval_items``, ``eval_seconds``, ``apply_seconds``, ``worker``, ``promotion`` (why it was
+  ``item_scores`` ({task: per-item scores in the task's fixed item order, {metric, n, num, den}
+  with base64 float32 arrays}, see `automerge.search.noise.ItemScores`; what error bars and
+  paired comparisons are computed from), ``eval_items``, ``eval_seconds``, ``apply_seconds``, ``worker``, ``promotion`` (why it was
   promoted: top | front | yardstick), ``model_path`` (reference models), ``retry_of`` (trial
   number a re-run replaces: the replaced one is FAIL with a ``stale:`` reason and has the same
   ``key``/``parent``), ``fail_reason`` (FAIL trials).

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from automerge.errors import AutomergeError
-from automerge.search.noise import ITEMS_PREFIX, ItemScores
+from automerge.search.noise import ITEMS_ATTR, ItemScores
 from automerge.search.scheduler import BASELINE, REFERENCE, SEARCH, Scheduler
 from automerge.search.study import DONE, FAILED, RUNNING, ClaimRow, SearchStudy, Snapshot, make_sampler, \
     worker_alive, worker_id
@@ -603,8 +603,8 @@ class Worker:
                     storage.set_trial_user_attr(tid, f"score:{task}", _jsonable(score))
                 for task, n in result.counts.items():
                     storage.set_trial_user_attr(tid, f"n:{task}", int(n))
-                for task, items in result.items.items():
-                    storage.set_trial_user_attr(tid, f"{ITEMS_PREFIX}{task}", items.encode())
+                if result.items:
+                    storage.set_trial_user_attr(tid, ITEMS_ATTR, {t: it.encode() for t, it in result.items.items()})
                 storage.set_trial_user_attr(tid, "eval_items", int(sum(result.counts.values())))
                 storage.set_trial_user_attr(tid, "eval_seconds", round(result.eval_seconds or elapsed, 4))
                 storage.set_trial_user_attr(tid, "apply_seconds", round(result.apply_seconds, 4))

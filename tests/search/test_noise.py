@@ -118,7 +118,7 @@ def test_item_scores_encode_compactly_and_reproduce_the_score():
     assert back.score() == pytest.approx(math.exp(lls.sum() / toks.sum()), rel=1e-6)
     mc = ItemScores(metric="acc", num=[1, 0, 1, 1], den=[1, 1, 1, 1])
     assert "den" not in mc.encode() and ItemScores.decode(mc.encode()).score() == 0.75
-    assert items_from_attrs({"items:x": enc, "items:bad": {"metric": "acc"}, "score:x": 0.1}).keys() == {"x"}
+    assert items_from_attrs({"item_scores": {"x": enc, "bad": {"metric": "acc"}}, "score:x": 0.1}).keys() == {"x"}
 
 
 def test_noise_aware_rank_does_not_order_trials_by_noise():
