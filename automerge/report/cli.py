@@ -72,7 +72,8 @@ def _print_table(data, label, table, specs) -> None:
         if c in vs_cols:
             header = f"vs {c[3:]} (best baseline): gain ±95% CI"
         if c in data.objectives and unit_cols[c] and "[score]" not in unit_cols[c]:
-            header = unit_cols[c].replace("nats/token", "loss, nats/tok") + " ±95%"
+            unit = unit_cols[c][len(c) + 2:-1]
+            header = f"{c} ({'loss, nats/tok' if unit == 'nats/token' else unit}) ±95%"  # no [..]: rich markup
         numeric = c in data.objectives or c.startswith("retention:")
         t.add_column(header, justify="right" if numeric else "left", overflow="fold",
                      max_width=70 if c == "params" else (40 if c == "dominates" or c in vs_cols else None))

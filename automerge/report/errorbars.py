@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from automerge.report.study_reader import FULL, StudyData
-from automerge.search.noise import Difference, ItemScores, items_from_attrs, paired_difference, unit_of, verdict
+from automerge.search.noise import (Difference, ItemScores, items_for, items_from_attrs, objective_noise,
+                                    paired_difference, unit_of, verdict)
 from automerge.search.pareto import dominates, non_dominated_sort
 
 LEVEL = 0.95
@@ -215,6 +216,54 @@ def ci_dominates(data: StudyData, a: pd.Series, b: pd.Series, rung: str) -> bool
     return dominates(Y[0], Y[1])
 
 
+# -- rung sizes -------------------------------------------------------------------------------
+
+
+def rung_sizes(data: StudyData, targets: tuple[float, ...] = (0.01, 0.003)) -> pd.DataFrame:
+    """What each rung's items can tell apart, from the study's own trials as calibration merges.
+
+    Per rung and objective: the paired SE of the difference between two trials of the rung
+    (median over every pair of its trials with item data: the typical comparison the scheduler
+    and the front make), the 95 % half-width that gives at the rung's items, the per-item SD it
+    implies (SE·√n: a paired SE shrinks as 1/√items), and the items per task a rung needs for a
+    95 % half-width of each ``target`` (in the objective's display unit: nats/token, or the
+    metric). Empty without item data."""
+    rows = []
+    for r in data.rungs:
+        df = data.rung(r.label)
+        tasks = objective_tasks(data, r.label)
+        if df.empty or not tasks:
+            continue
+        items = [row_items(row) for _, row in df.iterrows()]
+        for obj in data.objectives:
+            t = tasks.get(obj)
+            if not t:
+                continue
+            have = [it for it in items if _has_items(it, t)]
+            if len(have) < 2:
+                continue
+            unit = unit_of([have[0][x].metric for x in t])
+            scale = "units" if unit == "nats/token" else "score"
+            vecs = [objective_noise(it, t, scale) for it in have]
+            vecs = [v for v in vecs if v is not None]
+            n = min(have[0][x].n for x in t)
+            lengths = {v.size for v in vecs}
+            if len(vecs) < 2 or len(lengths) != 1:
+                continue
+            V = np.stack(vecs)
+            sq = (V * V).sum(axis=1)
+            var = np.maximum(sq[:, None] + sq[None, :] - 2 * V @ V.T, 0.0)
+            iu = np.triu_indices(len(V), k=1)
+            se = float(np.median(np.sqrt(var[iu])))
+            sd = se * math.sqrt(n)
+            row = {"rung": r.label, "objective": obj, "unit": unit, "items": n, "pairs": len(iu[0]),
+                   "paired_se": se, "half_width_95": 1.96 * se, "per_item_sd": sd}
+            for h in targets:
+                row[f"items_for_±{h:g}"] = items_for(sd, h) if sd > 0 else 2
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 # -- the verdict in words ---------------------------------------------------------------------
 
 
@@ -305,6 +354,16 @@ def verdict_lines(data: StudyData, rung: str | None = None, *, report: str | Non
             c = compare(data, knee, ref, label)
             lines.append(f"- no merge beats the {_label(ref)} model (reference) on any objective; the knee vs it: "
                          f"{_sentence(c)}.")
+    sizes = rung_sizes(data)
+    if not sizes.empty:
+        parts = []
+        for rl, g in sizes.groupby("rung", sort=False):
+            unit = " nats/token" if set(g["unit"]) == {"nats/token"} else ""
+            parts.append(f"rung {rl} ({int(g['items'].iloc[0])} items): "
+                         + ", ".join(f"{o} ±{_mag(h, u)}" for o, h, u in zip(g["objective"], g["half_width_95"],
+                                                                              g["unit"])) + unit)
+        lines.append("- what the rungs can tell apart (typical paired 95 % half-width): " + "; ".join(parts)
+                     + ". Items per task for a given error bar: the report's 'Rung sizes' section.")
     if report:
         lines.append(f"- report: {report}")
     return lines

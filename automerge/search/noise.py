@@ -290,7 +290,8 @@ def influence(items: ItemScores, scale: Scale = "score") -> np.ndarray:
     return _slope(items.metric, scale, r) * (items.num - r * items.den) / float(items.den.mean())
 
 
-def objective_noise(tasks: Mapping[str, ItemScores], weights: Mapping[str, float]) -> np.ndarray | None:
+def objective_noise(tasks: Mapping[str, ItemScores], weights: Mapping[str, float],
+                    scale: Scale = "score") -> np.ndarray | None:
     """One vector per trial and objective such that, for two trials with vectors u and v on the
     same items, SE(A − B) = ‖u − v‖ (the tasks' items concatenated, each task scaled by its
     weight share and 1/√(n(n−1))). None when a task has fewer than 2 items or is missing."""
@@ -300,8 +301,15 @@ def objective_noise(tasks: Mapping[str, ItemScores], weights: Mapping[str, float
         it = tasks.get(t)
         if it is None or it.n < 2:
             return None
-        parts.append(influence(it) * (weights[t] / total) / math.sqrt(it.n * (it.n - 1)))
+        parts.append(influence(it, scale) * (weights[t] / total) / math.sqrt(it.n * (it.n - 1)))
     return np.concatenate(parts)
+
+
+def items_for(per_item_sd: float, half_width: float, level: float = 0.95) -> int:
+    """Items per task a paired difference needs for a CI of ± `half_width`, given the per-item
+    SD of the difference (normal approximation: n = (z·sd / h)²)."""
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    return max(2, math.ceil((z * per_item_sd / half_width) ** 2))
 
 
 def noisy_domination_matrix(Y: np.ndarray, noise: Sequence[Sequence[np.ndarray | None]], z: float) -> np.ndarray:

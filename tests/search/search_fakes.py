@@ -23,10 +23,13 @@ from automerge.search.worker import Evaluation, Job
 
 def fake_items(task: str, score: float, n: int) -> ItemScores:
     """n per-item values with mean `score`: a per-task item difficulty (the same items for every
-    trial, nested: the first n of one sequence) plus the score."""
+    trial, nested: the first n of one sequence), a smaller trial-specific part (seeded by the
+    score), and the score."""
     seed = int.from_bytes(hashlib.sha256(task.encode()).digest()[:4], "little")
     difficulty = np.random.default_rng(seed).normal(0.0, 0.05, 1000)[:n]
-    return ItemScores(metric="p_correct", num=difficulty - difficulty.mean() + score, den=np.ones(n))
+    own = np.random.default_rng(int.from_bytes(hashlib.sha256(repr((task, score)).encode()).digest()[:4], "little"))
+    x = difficulty + own.normal(0.0, 0.01, n)
+    return ItemScores(metric="p_correct", num=x - x.mean() + score, den=np.ones(n))
 
 
 def _mean(value):
