@@ -335,7 +335,11 @@ def render(data: StudyData, *, table: pd.DataFrame, importances: pd.DataFrame, p
     parts += [
         f"<h3>Front of rung {html.escape(top)} with baselines and references</h3>",
         "<p class='note'>retention:S = score on specialist S's own domain ÷ S's score there (same rung). "
-        "<code>dominates</code>: the baselines/references the trial Pareto-dominates.</p>",
+        "<code>dominates</code>: the baselines/references the trial dominates beyond the noise (paired 95 % CI "
+        "excludes zero in its favour on one objective, against it on none). <code>OBJ [unit]</code> and "
+        "<code>±OBJ</code>: the objective in user units (a loss in nats/token for log-likelihood objectives, lower "
+        "is better) with its 95 % error bar. <code>vs:B</code>: verdict against B (the best baseline, each "
+        "specialist) and the gain per objective ± paired 95 % CI (positive = better for the trial).</p>",
         f"<div class='scroll'>{html_table(table, 'pareto-table', percent=retention_cols or ('retention:',))}</div>",
         "<p class='note'>Export one: <code>automerge export "
         f"{html.escape(data.name)} --pick knee --model out/merged</code> (or --trial N, --pick "

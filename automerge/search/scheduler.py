@@ -16,7 +16,7 @@ objectives the top of the ranking changes often, and plain ASHA then promotes fa
 1/η of a rung (measured: 16 of 30), which spends the compute multi-fidelity should save. Baselines and reference models are always promoted (they are
 the yardsticks every rung's front is shown against) and never take a search trial's place.
 
-Noise-aware rank (``noise_z`` > 0, the default 1): the fronts of that ranking are those of
+Noise-aware rank (``noise_z`` > 0; search spaces default to 1): the fronts of that ranking are those of
 ε-dominance — a trial dominates another only when no worse on every objective and better on
 one by more than ``noise_z`` paired standard errors, computed from the items both scored
 (`automerge.search.noise`). Trials within the noise of each other share a front, so a rung of
