@@ -44,6 +44,7 @@ reduction); one of multiple-choice tasks in accuracy; anything else on the store
 from __future__ import annotations
 
 import base64
+import functools
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -172,6 +173,14 @@ def objective_value(tasks: Mapping[str, ItemScores], weights: Mapping[str, float
     return sum(w * tasks[t].score(scale) for t, w in weights.items()) / total
 
 
+def objective_loss(tasks: Mapping[str, ItemScores], weights: Mapping[str, float]) -> float | None:
+    """The objective as a loss in nats/token (−`objective_value` at scale "units") when all its
+    tasks are log-likelihood tasks with items; None otherwise."""
+    if not all(t in tasks and tasks[t].metric in LL_METRICS and tasks[t].n >= 1 for t in weights):
+        return None
+    return -objective_value(tasks, weights, "units")
+
+
 def objective_se(tasks: Mapping[str, ItemScores], weights: Mapping[str, float], scale: Scale = "score") -> float:
     """SE of `objective_value` (tasks' items are independent)."""
     total = sum(weights.values())
@@ -224,9 +233,13 @@ def expanded_alpha(level: float, n: int) -> float:
     return 2 * (1 - NormalDist().cdf(z))
 
 
-def _bootstrap_ratios(num: np.ndarray, den: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Pooled ratio on each resample; num/den are [k, n] (k trials), idx [B, n] -> [k, B]."""
-    return num[:, idx].sum(axis=2) / den[:, idx].sum(axis=2)
+@functools.lru_cache(maxsize=64)
+def _resample_counts(n: int, resamples: int, seed: int) -> np.ndarray:
+    """[resamples, n] multinomial counts: how often each item is drawn in each bootstrap sample
+    (read-only, cached: every comparison with the same n and seed resamples the same items)."""
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    counts.setflags(write=False)
+    return counts
 
 
 def paired_difference(a: Mapping[str, ItemScores], b: Mapping[str, ItemScores], weights: Mapping[str, float], *,
@@ -234,25 +247,22 @@ def paired_difference(a: Mapping[str, ItemScores], b: Mapping[str, ItemScores], 
                       seed: int = 0) -> Difference:
     """A − B on the objective Σ w_t score_t / Σ w_t over the items both saw (see the module doc)."""
     total = sum(weights.values())
-    rng = np.random.default_rng(seed)
     est = 0.0
     boot = np.zeros(resamples)
     n_min = None
-    for t in sorted(weights):
+    for k, t in enumerate(sorted(weights)):
         ia, ib = a[t], b[t]
         n = min(ia.n, ib.n)
         if n == 0:
             raise ValueError(f"task {t}: no item both trials scored")
         n_min = n if n_min is None else min(n_min, n)
-        num = np.stack([ia.num[:n], ib.num[:n]])
-        den = np.stack([ia.den[:n], ib.den[:n]])
-        f = _link(ia.metric, scale)
-        g = _link(ib.metric, scale)
+        cols = np.stack([ia.num[:n], ia.den[:n], ib.num[:n], ib.den[:n]], axis=1)  # [n, 4]
+        sums = _resample_counts(n, resamples, seed + 7919 * k) @ cols  # [B, 4]: resampled sums
+        f, g = _link(ia.metric, scale), _link(ib.metric, scale)
         w = weights[t] / total
-        est += w * float(f(np.array([num[0].sum() / den[0].sum()]))[0] - g(np.array([num[1].sum() / den[1].sum()]))[0])
-        idx = rng.integers(0, n, size=(resamples, n))
-        r = _bootstrap_ratios(num, den, idx)
-        boot += w * (f(r[0]) - g(r[1]))
+        full = cols.sum(axis=0)
+        est += w * float(f(full[0:1] / full[1:2])[0] - g(full[2:3] / full[3:4])[0])
+        boot += w * (f(sums[:, 0] / sums[:, 1]) - g(sums[:, 2] / sums[:, 3]))
     assert n_min is not None
     alpha = expanded_alpha(level, n_min)
     if n_min < 2 or alpha <= 0:

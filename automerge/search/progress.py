@@ -146,16 +146,14 @@ def front_rows(snapshot: Any, rung: int | None = None) -> tuple[int, list[dict[s
 def _losses(space: Any, rung: int, trial: Any) -> list[tuple[float, float] | None]:
     """Per objective: (loss in nats/token, 95 % half-width) from the trial's per-item scores,
     for objectives of log-likelihood tasks; None otherwise (or without item data)."""
-    from automerge.search.noise import LL_METRICS, items_from_attrs, objective_se, objective_value
+    from automerge.search.noise import items_from_attrs, objective_loss, objective_se
 
     items = items_from_attrs(trial.user_attrs)
     out: list[tuple[float, float] | None] = []
     for o in space.objectives:
         tasks = o.full if space.is_full(rung) else o.tasks
-        if items and all(t in items and items[t].metric in LL_METRICS and items[t].n >= 2 for t in tasks):
-            out.append((-objective_value(items, tasks, "units"), 1.96 * objective_se(items, tasks, "units")))
-        else:
-            out.append(None)
+        loss = objective_loss(items, tasks) if items else None
+        out.append(None if loss is None else (loss, 1.96 * objective_se(items, tasks, "units")))
     return out
 
 

@@ -633,7 +633,7 @@ class Worker:
                     self._failure_streak.clear()
                     self.stats.finished += 1
                     self.stats.eval_seconds += elapsed
-                    shown = " ".join(f"{n}={v:.4f}" for n, v in zip(self.space.objective_names, values))
+                    shown = _shown(self.space, work.rung, values, result.items if result is not None else {})
                     self.on_event(Event("finish", rung=work.rung, number=number,
                                         message=f"{attrs['rung_name']} #{number} {work.kind} {label}: {shown} "
                                                 f"({elapsed:.1f}s)",
@@ -665,6 +665,17 @@ class Worker:
             self.study.claims.release(self.study.name, work.rung, work.item, self.me, "interrupted")
         except Exception:  # noqa: BLE001
             pass
+
+
+def _shown(space: Any, rung: int, values: Sequence[float], items: Mapping[str, ItemScores]) -> str:
+    """Objective values for the log: a loss in nats/token where the items allow, else the value."""
+    from automerge.search.noise import objective_loss
+
+    out = []
+    for o, v in zip(space.objectives, values):
+        loss = objective_loss(items, o.full if space.is_full(rung) else o.tasks) if items else None
+        out.append(f"{o.name}={v:.4f}" if loss is None else f"{o.name} loss={loss:.3f}")
+    return " ".join(out)
 
 
 def _distributions(space: Any, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("errbars")
     url = f"sqlite:///{root / 'eb' / 'study.db'}"
     (root / "eb").mkdir()
-    s = SearchStudy.open("eb", url, make_space(budget={"trials": 9}))
+    s = SearchStudy.open("eb", url, make_space(budget={"trials": 6}))
     Worker(s, FakeRunner(items=True), poll_interval=0.05).run()
     s.close()
     return load_study("eb", results_dir=root)

@@ -180,7 +180,7 @@ def test_item_scores_survive_resume_and_work_on_postgresql(tmp_path, backend, re
         url, names = request.getfixturevalue("pg_url")
         name = unique_name("items")
         names.append(name)
-    space = make_space(budget={"trials": 9})
+    space = make_space(budget={"trials": 6})
     study = SearchStudy.open(name, url, space)
     Worker(study, FakeRunner(items=True), poll_interval=0.05, max_items=6).run()
     first = _check_items(study, complete_rungs=study.num_rungs)
@@ -190,7 +190,17 @@ def test_item_scores_survive_resume_and_work_on_postgresql(tmp_path, backend, re
     results = again.snapshot().results(0)
     assert results and all(r.noise is not None and len(r.noise) == 2 for r in results)
     Worker(again, FakeRunner(items=True), poll_interval=0.05).run()
-    check_invariants(again, samples=9)
+    check_invariants(again, samples=6)
     assert _check_items(again, complete_rungs=again.num_rungs) > first
     assert again.trials(again.num_rungs - 1, [TrialState.COMPLETE])
     again.close()
+
+
+def test_objective_loss_is_nats_per_token_for_log_likelihood_tasks_only():
+    from automerge.search.noise import objective_loss
+
+    ll = ItemScores(metric="token_prob", num=[-20.0, -10.0], den=[10.0, 5.0])  # 2 nats/token
+    mc = ItemScores(metric="acc", num=[1.0, 0.0], den=[1.0, 1.0])
+    assert objective_loss({"a": ll}, {"a": 1.0}) == pytest.approx(2.0)
+    assert objective_loss({"a": ll, "b": mc}, {"a": 1.0, "b": 1.0}) is None
+    assert objective_loss({"a": ll}, {"a": 1.0, "c": 1.0}) is None
