@@ -179,7 +179,10 @@ def run_search(
             + ", ".join(f"{r.name}: {r.complete} done" + (f"/{r.failed} failed" if r.failed else "")
                         for r in summary.rungs))
         progress.console.print(f"study directory: {study_dir}  (storage {_safe_url(study.url)})")
-        progress.console.print(_write_report(study, opts))
+        report_line, report_path = _write_report(study, opts)
+        progress.console.print(report_line)
+        for line in _verdict(study, opts, report_path):
+            progress.console.print(line, highlight=False)
         return SearchOutcome(study=study, study_dir=study_dir, stats=stats, summary=summary)
     finally:
         study.close()
@@ -224,19 +227,32 @@ def _prepare_fisher(study: SearchStudy, study_dir: Path, progress: Any, *, devic
     progress.log("Fisher estimates: " + ", ".join(f"{n} {p}" for n, p in files.items()))
 
 
-def _write_report(study: SearchStudy, opts: SearchOptions) -> str:
-    """Write the HTML report if the report package can; else say how to make it."""
+def _write_report(study: SearchStudy, opts: SearchOptions) -> tuple[str, str | None]:
+    """Write the HTML report if the report package can; else say how to make it.
+    Returns (the line to print, the report's path or None)."""
     hint = f"automerge report {study.name}"
     if not opts.report:
-        return f"report: {hint}  →  {Path(opts.results_dir) / study.name / 'report.html'}"
+        return f"report: {hint}  →  {Path(opts.results_dir) / study.name / 'report.html'}", None
     try:
         from automerge.report import load_study
         from automerge.report.html import write_report
 
         path = write_report(load_study(study.name, storage=study.url, results_dir=opts.results_dir))
-        return f"report: {path}  (again any time: {hint})"
+        return f"report: {path}  (again any time: {hint})", str(path)
     except Exception as err:  # noqa: BLE001 - the search is done; the report is a convenience
-        return f"report: run `{hint}` (could not write it now: {type(err).__name__}: {err})"
+        return f"report: run `{hint}` (could not write it now: {type(err).__name__}: {err})", None
+
+
+def _verdict(study: SearchStudy, opts: SearchOptions, report_path: str | None) -> list[str]:
+    """The end-of-run verdict in words (automerge.report.errorbars.verdict_lines)."""
+    try:
+        from automerge.report import load_study
+        from automerge.report.errorbars import verdict_lines
+
+        data = load_study(study.name, storage=study.url, results_dir=opts.results_dir)
+        return ["", *verdict_lines(data, report=report_path or f"automerge report {study.name}")]
+    except Exception as err:  # noqa: BLE001 - the search is done; the verdict is a convenience
+        return [f"verdict: could not be computed ({type(err).__name__}: {err}); see automerge pareto {study.name}"]
 
 
 def status(study_name: str | None, *, storage: str | None = None, results_dir: Path = Path("results"),

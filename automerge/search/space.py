@@ -242,6 +242,9 @@ class Rungs(BaseModel):
     eta: float = 3.0
     tie_break: Literal["hv", "epsnet"] = "hv"  # inside a Pareto front: hypervolume contribution or ε-net
     rule: Literal["bounded", "asha"] = "bounded"  # see automerge.search.scheduler
+    # Noise-aware promotion: a trial outranks another only when better by more than noise_z
+    # paired standard errors (from the items both scored); 0 = rank by the point values.
+    noise_z: float = Field(default=1.0, ge=0.0, le=10.0)
 
     @field_validator("items")
     @classmethod
