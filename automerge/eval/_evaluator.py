@@ -27,7 +27,7 @@ import torch
 
 from automerge.errors import EvalError
 
-from . import _tasks
+from . import _data_tasks, _tasks
 from ._generate import NonFiniteLogits, generate_greedy
 from ._lm_eval import PREFIX as LM_EVAL_PREFIX
 from ._scorer import (TokenEncoder, _pad_id, _tokenizer_max_length, attention_cost, build_plan,
@@ -50,6 +50,9 @@ def available_tasks() -> dict[str, str]:
     """Task name -> one-line description (proxies, full tasks, and the lm-eval bridge)."""
     out = {t.name: f"[proxy {t.domain} {t.kind}, {t.metric}] {t.description}" for t in PROXY_TASKS.values()}
     out.update({t.name: f"[full {t.domain}, {t.metric}] {t.description}" for t in FULL_TASKS.values()})
+    out[_data_tasks.PREFIX + "<file>.jsonl[?domain=nl|code&metric=NAME]"] = (
+        "your own items, one JSON object a line: {text} (per-token likelihood), {prompt, completion} or "
+        "{prompt, choices, answer} (multiple choice); scored like the proxies (nested fixed subsets)")
     out[LM_EVAL_PREFIX + "<name-or-yaml>[?domain=nl|code&metric=NAME]"] = (
         "any lm-eval task: a built-in name or a task YAML (relative data paths resolve against the YAML); "
         "proxy with limit (first n documents of a fixed shuffled order) or full without")
@@ -72,6 +75,9 @@ class _Prepared:
     items: list[dict]
     encoded: list[list[tuple[list[int], list[int]]]]   # per item: one (ctx, cont) per request
     cont_chars: list[list[int]]                        # per item: len(continuation) per request
+    kind: str = "ll"                                   # "mc" | "ll" | "text" (windows made per model length)
+    metric: str = "token_prob"
+    domain: str = "nl"
 
 
 @dataclass
@@ -104,6 +110,7 @@ class Evaluator:
         self._prepared: dict[str, _Prepared] = {}
         self._plans: dict[tuple, _PooledPlan] = {}
         self._lm_eval: dict[str, object] = {}
+        self._windows: dict[tuple[str, int], list[list[tuple[list[int], list[int]]]]] = {}
         self._hflm = None
         self._hflm_model_id: int | None = None
         self.last_humaneval = None   # HumanEvalReport of the last humaneval run (per-sample reasons)
@@ -112,15 +119,19 @@ class Evaluator:
 
     # ----------------------------------------------------------------------------------- setup
     def _check_names(self, tasks: Sequence[str]) -> None:
-        bad = [t for t in tasks if t not in PROXY_TASKS and t not in FULL_TASKS and not t.startswith(LM_EVAL_PREFIX)]
+        bad = [t for t in tasks if t not in PROXY_TASKS and t not in FULL_TASKS and not t.startswith(LM_EVAL_PREFIX)
+               and not _data_tasks.is_data_task(t)]
         if bad:
             raise EvalError(f"unknown task(s) {', '.join(map(repr, bad))}; known: "
-                            f"{', '.join([*PROXY_TASKS, *FULL_TASKS])}, or lm_eval:<name-or-yaml>")
+                            f"{', '.join([*PROXY_TASKS, *FULL_TASKS])}, lm_eval:<name-or-yaml> or data:<file>.jsonl")
+        for t in tasks:
+            if _data_tasks.is_data_task(t):
+                _data_tasks.parse(t)
 
     def prepare(self, task: str) -> None:
         """Load and tokenise a task now (otherwise done at its first run)."""
         self._check_names([task])
-        if task in PROXY_TASKS:
+        if task in PROXY_TASKS or _data_tasks.is_data_task(task):
             self._proxy(task)
         elif task.startswith(LM_EVAL_PREFIX):
             self._lm_eval_task(task)
@@ -130,17 +141,42 @@ class Evaluator:
     def _proxy(self, task: str) -> _Prepared:
         p = self._prepared.get(task)
         if p is None:
-            items = _tasks.ordered(_tasks.load_items(task, self.data_dir), task, self.seed)
-            reqs = [_tasks.requests_of(task, it) for it in items]
-            flat = [r for rs in reqs for r in rs]
-            enc = self._encoder.encode_pairs(flat)
-            encoded, pos = [], 0
-            for rs in reqs:
-                encoded.append(enc[pos:pos + len(rs)])
-                pos += len(rs)
-            p = _Prepared(items=items, encoded=encoded, cont_chars=[[len(c) for _, c in rs] for rs in reqs])
+            if _data_tasks.is_data_task(task):
+                dt = _data_tasks.load(task)
+                items = _tasks.ordered(dt.items, dt.name.order_key, self.seed)
+                kind, metric, domain = ("ll" if dt.kind == "completion" else dt.kind), dt.metric, dt.domain
+            else:
+                spec = PROXY_TASKS[task]
+                items = _tasks.ordered(_tasks.load_items(task, self.data_dir), task, self.seed)
+                kind, metric, domain = spec.kind, spec.metric, spec.domain
+            if kind == "text":   # windows depend on the model's context length: made in _pooled_plan
+                p = _Prepared(items=items, encoded=[], cont_chars=[], kind=kind, metric=metric, domain=domain)
+            else:
+                reqs = [[(it["context"], c) for c in it["choices"]] if kind == "mc"
+                        else [(it["context"], it["continuation"])] for it in items]
+                flat = [r for rs in reqs for r in rs]
+                try:
+                    enc = self._encoder.encode_pairs(flat)
+                except ValueError as e:
+                    raise EvalError(f"task {task!r}: {e}") from None
+                encoded, pos = [], 0
+                for rs in reqs:
+                    encoded.append(enc[pos:pos + len(rs)])
+                    pos += len(rs)
+                p = _Prepared(items=items, encoded=encoded, cont_chars=[[len(c) for _, c in rs] for rs in reqs],
+                              kind=kind, metric=metric, domain=domain)
             self._prepared[task] = p
         return p
+
+    def _item_requests(self, task: str, max_len: int) -> list[list[tuple[list[int], list[int]]]]:
+        """Encoded requests per item; a text item's are its rolling windows at this context length."""
+        p = self._proxy(task)
+        if p.kind != "text":
+            return p.encoded
+        key = (task, max_len)
+        if key not in self._windows:
+            self._windows[key] = [self._encoder.rolling_windows(it["text"], max_len) for it in p.items]
+        return self._windows[key]
 
     def _lm_eval_task(self, spec: str):
         t = self._lm_eval.get(spec)
@@ -153,7 +189,7 @@ class Evaluator:
     def task_size(self, task: str) -> int:
         """Number of items (documents, problems) the task has: the largest useful ``limit``."""
         self._check_names([task])
-        if task in PROXY_TASKS:
+        if task in PROXY_TASKS or _data_tasks.is_data_task(task):
             return len(self._proxy(task).items)
         if task == "summarization":
             return len(self._proxy("code_summary_ll").items)
@@ -176,7 +212,7 @@ class Evaluator:
         if model.training:
             model.eval()
         out: dict[str, TaskResult] = {}
-        proxies = [t for t in tasks if t in PROXY_TASKS]
+        proxies = [t for t in tasks if t in PROXY_TASKS or _data_tasks.is_data_task(t)]
         if proxies:
             out.update(self._run_proxies(model, proxies, limit))
         for t in tasks:
@@ -201,7 +237,7 @@ class Evaluator:
                 p = self._proxy(t)
                 n = len(p.items) if limit is None else min(limit, len(p.items))
                 start = len(encoded)
-                for reqs in p.encoded[:n]:
+                for reqs in self._item_requests(t, max_len)[:n]:
                     g = len(groups)                  # one group per item: its choices share prefixes
                     encoded.extend(reqs)
                     groups.extend([g] * len(reqs))
@@ -219,21 +255,20 @@ class Evaluator:
         cont_tok = pp.plan.cont_lengths
         out = {}
         for t in tasks:
-            spec = PROXY_TASKS[t]
+            p = self._prepared[t]
             s, e, n = pp.slices[t]
             lls = ll[s:e]
             bad = int((~np.isfinite(lls)).sum())
             if bad:
-                out[t] = self._failed(t, spec.metric, spec.domain, n,
+                out[t] = self._failed(t, p.metric, p.domain, n,
                                       f"the model produced NaN/Inf logits ({bad} of {e - s} requests non-finite)")
                 continue
-            p = self._prepared[t]
-            if spec.kind == "mc":
+            if p.kind == "mc":
                 metrics = _mc_metrics(lls, p.items[:n], p.cont_chars[:n])
             else:
                 metrics = _ll_metrics(lls, cont_tok[s:e])
-            out[t] = TaskResult(task=t, metric=spec.metric, score=float(metrics[spec.metric]), n=n,
-                                metrics=metrics, domain=spec.domain)
+            out[t] = TaskResult(task=t, metric=p.metric, score=float(metrics[p.metric]), n=n,
+                                metrics=metrics, domain=p.domain)
         return out
 
     @staticmethod
