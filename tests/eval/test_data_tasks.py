@@ -170,3 +170,14 @@ def test_eval_command_takes_data_tasks(tmp_path, tiny_dir):
     res = CliRunner().invoke(app, ["eval", str(tiny_dir), "--task", f"data:{bad}", "--device", "cpu"])
     # raised before any model loads; automerge's main turns it into `error: …` and exit code 2
     assert isinstance(res.exception, EvalError) and str(res.exception).startswith(f"{bad}:1: ")
+
+
+def test_qwen_example_reads_each_specialists_own_validation_data():
+    from pathlib import Path
+
+    from automerge.search.space import SearchSpace
+
+    qwen = SearchSpace.load(Path(__file__).resolve().parents[2] / "search_spaces" / "qwen2.5-coder-7b.yaml")
+    data = {o.name: [t for t in o.tasks if t.startswith("data:")] for o in qwen.objectives}
+    assert all(data.values()), data      # every objective's rungs read a specialist's held-out split
+    assert {_data_tasks.parse(t).domain for ts in data.values() for t in ts} == {"code", "nl"}
