@@ -383,7 +383,8 @@ def main(argv=None) -> None:
             front = picked_front(search_full, directions)
             xs, ys = hv_curve(run, directions, ref)
             table["variants"].setdefault(v, {})[seed] = {
-                "hv": holdout_hv(front, ref), "hv_all": holdout_hv([t for t in run["trials"] if t["kind"] == "search"], ref),
+                "hv": holdout_hv(front, ref),
+                "hv_all": holdout_hv([t for t in run["trials"] if t["kind"] == "search"], ref),
                 "items": run["items"], "samples": run["samples"], "wall": run["wall"], "eval_seconds": run["seconds"],
                 "front": [{"number": t["number"], "label": t["label"], "hold": t["hold"], "values": t["values"]}
                           for t in front],
@@ -429,7 +430,8 @@ def write_report(args, table: dict, default: str, load) -> None:
         m, sd = mean_sd([r["hv"] for r in per_seed.values()])
         means[v] = m
         items, _ = mean_sd([r["items"] for r in per_seed.values()])
-        lines.append(f"| {v} | {fmt(m)} ± {fmt(sd, '.2g')} | {fmt(m / grid['hv'] if m and grid['hv'] else None, '.2f')} "
+        ratio = m / grid["hv"] if m and grid["hv"] else None
+        lines.append(f"| {v} | {fmt(m)} ± {fmt(sd, '.2g')} | {fmt(ratio, '.2f')} "
                      f"| {fmt(items, '.0f')} |")
     if v_def in V:
         lines += ["", f"Spearman between each rung's objective and the holdout ({v_def}, mean over seeds):", "",
@@ -482,7 +484,8 @@ def write_report(args, table: dict, default: str, load) -> None:
                          + f"; best: {best[3:]}" + (" (the space's default)" if best == v_def else
                                                     f" (the space's default is {default}: change `sampler:`)") + ".")
         beats = sorted({b for r in V[v_def].values() for b in r["beats_mix"]})
-        lines.append(f"- search trials whose holdout point dominates the data-mix model's: {', '.join(beats) or 'none'}.")
+        lines.append(f"- search trials whose holdout point dominates the data-mix model's: "
+                     f"{', '.join(beats) or 'none'}.")
     text = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     if out.resolve() == RESULTS.parent.resolve():
