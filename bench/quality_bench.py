@@ -28,6 +28,11 @@ objective at that rung against their holdout score (negated loss), per objective
     python bench/quality_bench.py --threads 2      # demo zoo, seeds 0 1 2, samplers tpe gp nsga2 random
     python bench/quality_bench.py --quick          # a check that it runs: 1 seed, 10 trials, tpe + random
 
+Samplers on the demo space: its parameters are conditional on the method (``ties.weight.code[…]``
+exists only in TIES trials), and Optuna's GP and NSGA-II samplers model only the parameters every
+trial shares, sampling the rest independently at random (they warn so); TPE with ``group=True``
+models each method's parameters. The bench measures what that costs.
+
 Cost of the full run: per seed, 4 multi-fidelity searches and 1 full-fidelity one at about the
 demo's compute each (~30k items scored; the shipped 4-layer zoo scores ~6 ms of one core per item)
 plus a holdout scoring per distinct merge (~1 s); with the grid, about 1–1.5 h on a quiet 2-core
