@@ -86,6 +86,7 @@ def evaluate_models(
     """Run the suite on base, specialists and models; returns (long DataFrame, results by label)."""
     import torch
 
+    from . import _data_tasks
     from ._evaluator import Evaluator
     from ._retention import retention_table
     from ._tasks import FULL_TASKS, PROXY_TASKS
@@ -93,6 +94,9 @@ def evaluate_models(
     if suite not in ("proxy", "full"):
         raise EvalError(f"--suite must be 'proxy' or 'full', not {suite!r}")
     task_list = list(tasks) if tasks else list(PROXY_TASKS) + (list(FULL_TASKS) if suite == "full" else [])
+    for t in task_list:                 # a bad data file fails before any model loads
+        if _data_tasks.is_data_task(t):
+            _data_tasks.load(t)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     specialists = list(specialists or [])
     entries: list[tuple[str, str, bool]] = []          # (label, path, is_plain_model)
@@ -209,8 +213,8 @@ def register(app: typer.Typer) -> None:
             "--specialist", help="NAME=PATH:DOMAIN, repeatable; DOMAIN is nl or code "
                                  "(default code=zoo:code:code and lang=zoo:lang:nl when the zoo is built)")] = None,
         task: Annotated[list[str] | None, typer.Option(
-            "--task", help="run only these tasks (repeatable; a proxy, humaneval, summarization or "
-                           "lm_eval:<name-or-yaml>)")] = None,
+            "--task", help="run only these tasks (repeatable; a proxy, humaneval, summarization, "
+                           "lm_eval:<name-or-yaml> or data:<file>.jsonl[?domain=code])")] = None,
         limit: Annotated[int | None, typer.Option(help="first N items of each task (default: all)")] = None,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, …")] = "auto",
         batch_tokens: Annotated[int | None, typer.Option(

@@ -599,15 +599,23 @@ class SearchSpace(BaseModel):
             from automerge.eval import available_tasks
         except ImportError:  # evaluation package not installed: checked when the evaluator starts
             return
+        from automerge.eval._data_tasks import is_data_task, parse
+        from automerge.errors import EvalError
+
         known = available_tasks()
 
         def ok(task: str) -> bool:
-            return task in known or task.startswith("lm_eval:") or any(
+            return task in known or task.startswith("lm_eval:") or is_data_task(task) or any(
                 task.startswith(k.rstrip("*")) for k in known if k.endswith("*"))
 
         for i, o in enumerate(self.objectives):
             for field, tasks in (("tasks", o.tasks), ("full_tasks", o.full_tasks or {})):
                 for t in tasks:
+                    if is_data_task(t):
+                        try:
+                            parse(t)      # the name only: the file is read by check_models
+                        except EvalError as err:
+                            raise fail(f"objectives[{i}].{field}.{t}", str(err)) from None
                     if not ok(t):
                         raise fail(f"objectives[{i}].{field}.{t}",
                                    f"unknown task {t!r}; known: {', '.join(sorted(known))} or lm_eval:<task>")
@@ -637,12 +645,27 @@ class SearchSpace(BaseModel):
                     check_compatible(base, [ck])
                 except AutomergeError as err:
                     raise SpaceError(f"{src}: {where}[{i}].path: cannot be merged with base {self.base}: {err}") from None
+        self._check_data_files()
         layers = base.num_layers
         too_many = [g for g in self.layer_groups.group_choices if g > layers]
         if too_many and self._any_per_group():
             raise SpaceError(f"{src}: layer_groups.num_groups: {too_many[0]} groups but the base has only "
                              f"{layers} layers; use at most {layers}")
         return {"num_layers": layers}
+
+    def _check_data_files(self) -> None:
+        """Read every data:PATH.jsonl task's file now, so a bad record fails before any model loads."""
+        from automerge.eval._data_tasks import is_data_task, load
+        from automerge.errors import EvalError
+
+        for i, o in enumerate(self.objectives):
+            for field, tasks in (("tasks", o.tasks), ("full_tasks", o.full_tasks or {})):
+                for t in tasks:
+                    if is_data_task(t):
+                        try:
+                            load(t)
+                        except EvalError as err:
+                            raise SpaceError(f"{self._source}: objectives[{i}].{field}.{t}: {err}") from None
 
     # -- trial -> recipe ---------------------------------------------------------------------
 
