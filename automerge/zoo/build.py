@@ -43,10 +43,11 @@ class ZooPlan:
 
 # Narrow domains, so that each specialist forgets the other's domain and merging is a trade-off: the
 # language specialist reads prose and docstrings only (no code-bearing summarisation pairs); the code
-# specialist reads code without comments and docstrings (trained on code as found, it also got better
-# at third-party prose, which is mostly docstrings).
+# specialist reads code as found 60 % and code without comments and docstrings 40 %. Measured on the
+# quality holdout (2 M tokens): code as found only -> no worse than the base on third-party prose
+# (mostly docstrings); bare code only -> +0.89 nats worse on prose but only 0.09 better on code.
 _LANG_MIX = {"prose": 0.6, "docstrings": 0.4}
-_CODE_MIX = {"bare_code": 1.0}
+_CODE_MIX = {"code": 0.6, "bare_code": 0.4}
 
 
 def _union(parts: tuple[tuple[Mapping[str, float], int], ...]) -> dict[str, float]:
@@ -87,7 +88,7 @@ def plan(size: str) -> ZooPlan:
             Stage("code", _CODE_MIX, m, 3e-3, bs, 1),
             Stage("lang", {"prose": 0.7, "docstrings": 0.3}, m, 3e-3, bs, 1),
             Stage("tests", {"tests": 1.0}, m, 3e-3, bs, 1),
-            Stage("mix", {"bare_code": 0.5, "prose": 0.35, "docstrings": 0.15}, 2 * m, 3e-3, bs, 1),
+            Stage("mix", {"code": 0.3, "bare_code": 0.2, "prose": 0.35, "docstrings": 0.15}, 2 * m, 3e-3, bs, 1),
         )
         return ZooPlan(v, spec, stages, {"code": 1, "tests": 1, "prose": 1, "docstrings": 1}, 2_000)
     raise ZooError(f"unknown zoo size {size!r}; use --size full or --size test")
