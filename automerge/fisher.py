@@ -16,11 +16,16 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from automerge._lazy import LazyModule
 from automerge.errors import AutomergeError
 from automerge.files import atomic_path
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # `automerge --help` imports this module: torch only when used
 
 FORMAT = "automerge-fisher-1"
 
