@@ -1,7 +1,7 @@
 """Evaluation: proxy tasks and a batched log-likelihood scorer for search trials, the lm-eval
 bridge, and full evaluation (HumanEval in a sandbox, code summarisation, full held-out sets).
 
-Public API (see CONTRACTS.md, section eval/)::
+Public API (the task list: automerge/eval/README.md)::
 
     ev = Evaluator(tokenizer=tok, device="cpu")
     results = ev.run(model, ["prose_next_mc", "code_body_ll"], limit=32)   # dict[str, TaskResult]
