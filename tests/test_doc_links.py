@@ -9,8 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ["README.md", "pyproject.toml", "Makefile", "docs/**/*.md", "automerge/**/*.py", "automerge/**/*.md",
            "bench/**/*.py", "tests/**/*.py", "search_spaces/*.yaml"]
-# Files the code writes, not files of the repository (bench/search_bench.py's table under another --out).
-WRITTEN = {"BENCHMARKS.search.md"}
+# Files the code writes, not files of the repository: a bench's table under another --out
+# (bench/search_bench.py: BENCHMARKS.search.md).
+WRITTEN = re.compile(r"BENCHMARKS\.\w+\.md")
 MD_NAME = re.compile(r"(?<![\w./:-])([\w.-]+/)*[\w-][\w.-]*\.md\b")
 
 
@@ -29,7 +30,7 @@ def _repo_md_names() -> set[str]:
 
 def _exists(name: str, where: Path, bare_names: set[str]) -> bool:
     if "/" not in name:  # a bare file name: some file of the repository has it
-        return name in bare_names or name in WRITTEN
+        return name in bare_names or WRITTEN.fullmatch(name) is not None
     return any((base / name).is_file() for base in (ROOT, where.parent, ROOT / "automerge"))
 
 
