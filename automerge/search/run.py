@@ -16,10 +16,19 @@ DEMO_STUDY = "demo"
 
 
 def demo_space_path() -> Path:
-    """search_spaces/demo.yaml beside the package (a source checkout)."""
+    """search_spaces/demo.yaml: in a source checkout the file beside the package (so an edit there
+    counts at once), else the copy installed with it as package data (`automerge.spaces`)."""
     import automerge
 
-    return Path(automerge.__file__).resolve().parent.parent / "search_spaces" / "demo.yaml"
+    checkout = Path(automerge.__file__).resolve().parent.parent / "search_spaces" / "demo.yaml"
+    if checkout.is_file():
+        return checkout
+    from importlib.resources import files
+
+    try:
+        return Path(str(files("automerge.spaces") / "demo.yaml"))
+    except ModuleNotFoundError:  # neither a checkout nor an installed wheel: named in resolve()'s error
+        return checkout
 
 
 @dataclass

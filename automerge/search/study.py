@@ -449,7 +449,7 @@ def _create_rung_studies(storage: Any, name: str, space: SearchSpace) -> None:
 
 
 def delete_search(name: str, url: str) -> None:
-    """Delete every rung study and the claims of a search (tests, `automerge search --fresh`)."""
+    """Delete every rung study and the claims of a search (tests; a user starts over under a new --study)."""
     import optuna
 
     storage = open_storage(url)
