@@ -54,7 +54,7 @@ def program(problem: dict, completion: str) -> str:
             + f"check({problem['entry_point']})\n")
 
 
-def test_job(problem: dict, completion: str) -> dict:
+def sandbox_job(problem: dict, completion: str) -> dict:
     """The arguments of ``Sandbox.run_tests`` for one completion: the code in the sandbox, the tests
     and the prompt's definitions (the entry point's body left empty) in the driver."""
     return {"program": problem["prompt"] + completion + "\n", "entry_point": problem["entry_point"],
@@ -93,7 +93,7 @@ def run_humaneval(
         raise EvalError(f"the generator returned {len(comps)} completions for {len(probs)} prompts")
     comps = [cut_at_stop(c, STOP_SEQUENCES) for c in comps]
     sb = sandbox or Sandbox()
-    results = sb.run_tests_many([test_job(p, c) for p, c in zip(probs, comps)])
+    results = sb.run_tests_many([sandbox_job(p, c) for p, c in zip(probs, comps)])
     samples = [(p["task_id"], c, r) for p, c, r in zip(probs, comps, results)]
     n = len(samples)
     passed = sum(r.passed for _, _, r in samples)

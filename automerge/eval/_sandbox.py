@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -375,10 +376,14 @@ mount --make-rprivate /
 for m in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
   case "$m" in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*) ;; *) mount -o remount,bind,ro "$m" 2>/dev/null || true ;; esac
 done
+mount -t tmpfs -o size=1m tmpfs /run
+mkdir /run/box
+mount --bind "$box" /run/box
+mount -o remount,bind,rw /run/box
 mount -t tmpfs -o "size=${size}m,mode=1777" tmpfs /tmp
-for d in /var/tmp /dev/shm /run /dev/mqueue; do [ -d "$d" ] && mount -t tmpfs -o size=1m tmpfs "$d" || true; done
 mkdir /tmp/box
-mount --bind "$box" /tmp/box
+mount --move /run/box /tmp/box
+for d in /var/tmp /dev/shm /dev/mqueue; do [ -d "$d" ] && mount -t tmpfs -o size=1m tmpfs "$d" || true; done
 cd /tmp/box
 exec "$@"
 '''
@@ -397,8 +402,8 @@ def _which(name: str) -> str | None:
     return shutil.which(name) or next((p for p in (f"/usr/bin/{name}", f"/bin/{name}") if os.path.exists(p)), None)
 
 
-_PROBE = ("import math, json, re, collections, itertools, resource, os\n"
-          "assert not os.path.exists('/root') and not os.path.exists('/home')")
+# the interpreter works and its directory is writable
+_PROBE = "import math, json, re, collections, itertools, resource\nopen('probe.txt', 'w').write('ok')"
 
 
 @lru_cache(maxsize=4)
@@ -427,8 +432,7 @@ def _launch(backend: str = "auto") -> _Launch:
         if want in ("auto", "unshare") and unshare and root and setpriv:
             for py in pythons:
                 ln = _Launch("unshare", py, "nobody", drop, unshare=unshare)
-                if _try([*ln.command(probe_dir, SandboxLimits()), py, "-I", "-S", "-c",
-                         "import math, json, re, collections, itertools, resource"]):
+                if _try([*ln.command(probe_dir, SandboxLimits()), py, "-I", "-S", "-c", _PROBE]):
                     return ln
         check = ["-I", "-S", "-c", "import math, json, re, collections, itertools, resource"]
         for py in pythons:
@@ -559,6 +563,7 @@ class Sandbox:
         home = tempfile.mkdtemp(prefix="automerge-sandbox-")    # 0700: the runner's; the box inside it
         box = os.path.join(home, "box")
         procs: list[subprocess.Popen] = []
+        init: _NamespaceInit | None = None
         fds: list[int] = []
         try:
             os.mkdir(box, 0o700)
@@ -584,6 +589,7 @@ class Sandbox:
                 procs.append(subprocess.Popen(cmd, cwd=box if ln.backend == "none" else "/", env=env,
                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                               pass_fds=pass_fds, start_new_session=True, close_fds=True))
+            init = _NamespaceInit.of(procs[0]) if ln.backend != "none" else None
             deadline = t0 + lim.timeout_s
             verdict: str | None = None
             if tests is not None:
@@ -607,9 +613,10 @@ class Sandbox:
                 except (ValueError, KeyError, IndexError):
                     verdict = f"test driver failed ({_reason_for_status(driver.returncode)})"
                 # the verdict is in: the program has until the timeout to exit by itself, then its namespace dies
-                code = _end(procs[0], max(0.0, deadline - time.perf_counter()) if verdict == "ended" else 0.0)
+                code = _end(procs[0], max(0.0, deadline - time.perf_counter()) if verdict == "ended" else 0.0,
+                            init)
             else:
-                code = _end(procs[0], max(0.0, deadline - time.perf_counter()))
+                code = _end(procs[0], max(0.0, deadline - time.perf_counter()), init)
             out_tail = _tail(Path(box) / "stdout.txt", lim.output_chars)
             err_tail = _tail(Path(box) / "stderr.txt", lim.output_chars)
             if verdict is None:      # run(): the program's exit status
@@ -634,7 +641,9 @@ class Sandbox:
                 os.close(fd)
             for p in procs:        # normally all ended already; never wait unbounded
                 if p.poll() is None:
-                    _end(p, 0.0)
+                    _end(p, 0.0, init if p is procs[0] else None)
+            if init is not None:
+                init.close()
             shutil.rmtree(home, ignore_errors=True)
 
     def _status_reason(self, code: int | None, home: str) -> str:
@@ -670,34 +679,79 @@ class Sandbox:
             return list(ex.map(lambda a: fn(*a), argss))
 
 
-def _end(proc: subprocess.Popen, wait_s: float) -> int | None:
-    """Wait up to ``wait_s`` for the launcher to exit, then kill what it started: first the namespace's
-    init (its child: the kernel then kills every process of the namespace before the init is gone, so
-    the launcher exits after them), then the launcher's session. Returns its exit status, None when it
-    had to be killed. Every wait is bounded."""
-    try:
-        return proc.wait(timeout=max(0.0, wait_s))
-    except subprocess.TimeoutExpired:
-        pass
-    for child in _children(proc.pid):
+class _NamespaceInit:
+    """The PID namespace's init (the launcher's child), held by a pidfd so that no reused pid is ever
+    signalled. The kernel kills every process of the namespace when its init exits, and the init's
+    exit completes only after they are all gone: waiting for it is waiting for the whole namespace.
+    (The launcher itself may exit a moment earlier: bubblewrap's monitor exits on its init's report.)"""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    @classmethod
+    def of(cls, launcher: subprocess.Popen, limit_s: float = 10.0) -> _NamespaceInit | None:
+        t_end = time.monotonic() + limit_s
+        while time.monotonic() < t_end:
+            kids = _children(launcher.pid)
+            if kids:
+                try:
+                    return cls(os.pidfd_open(kids[0]))
+                except OSError:
+                    return None
+            if launcher.poll() is not None:
+                return None
+            time.sleep(0.002)
+        return None
+
+    def wait(self, timeout: float) -> bool:
+        return bool(select.select([self.fd], [], [], max(0.0, timeout))[0])
+
+    def kill(self) -> None:
         try:
-            os.kill(child, signal.SIGKILL)
+            signal.pidfd_send_signal(self.fd, signal.SIGKILL)
         except OSError:
             pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _end(proc: subprocess.Popen, wait_s: float, init: _NamespaceInit | None) -> int | None:
+    """Wait up to ``wait_s`` for the launcher to exit; past that, kill the namespace's init (the kernel
+    then kills every process in it) and the launcher's session. Then wait, bounded, until the init is
+    gone, so nothing of the program is alive when this returns. The launcher's exit status, None when
+    it had to be killed."""
+    code: int | None
     try:
-        proc.wait(timeout=GRACE_S)
-        return None
+        code = proc.wait(timeout=max(0.0, wait_s))
     except subprocess.TimeoutExpired:
-        pass
-    try:     # the launcher is unreaped, so its process group id cannot have been reused
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
-    try:
-        proc.wait(timeout=GRACE_S)
-    except subprocess.TimeoutExpired:
-        log.warning("sandbox: launcher %d did not die within %.0f s of SIGKILL", proc.pid, GRACE_S)
-    return None
+        code = None
+        if init is not None:
+            init.kill()
+        else:
+            for child in _children(proc.pid):
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except OSError:
+                    pass
+        try:
+            proc.wait(timeout=GRACE_S)
+        except subprocess.TimeoutExpired:
+            try:     # the launcher is unreaped, so its process group id cannot have been reused
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                proc.wait(timeout=GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("sandbox: launcher %d did not die within %.0f s of SIGKILL", proc.pid, GRACE_S)
+    if init is not None and not init.wait(GRACE_S):
+        init.kill()
+        if not init.wait(GRACE_S):
+            log.warning("sandbox: the namespace's init did not die within %.0f s of SIGKILL", GRACE_S)
+    return code
 
 
 def _children(pid: int) -> list[int]:
