@@ -88,10 +88,8 @@ def _boot():
             os.write(2, ("automerge-sandbox: cannot set " + name + ": " + str(e) + "\n").encode())
             return 3
     src = open(os.path.join(root, "program.py"), encoding="utf-8").read()
-    # the program's own stdout/stderr go to files in its directory (bounded by RLIMIT_FSIZE)
-    so = os.open(os.path.join(root, "stdout.txt"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    se = os.open(os.path.join(root, "stderr.txt"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.dup2(so, 1); os.dup2(se, 2); os.close(so); os.close(se)
+    # stdout/stderr: files the runner opened outside the sandbox (bounded by RLIMIT_FSIZE)
+    os.dup2(cfg["out_fd"], 1); os.dup2(cfg["err_fd"], 2); os.close(cfg["out_fd"]); os.close(cfg["err_fd"])
     sys.stdout = open(1, "w", closefd=False); sys.stderr = open(2, "w", closefd=False)
     serve = cfg["mode"] == "serve"
     if serve:
@@ -111,9 +109,8 @@ def _boot():
         msg = "failed: " + why(e)
         if serve:
             reply({"error": msg})
-        else:
-            with open(os.path.join(root, ".reason"), "w") as f:
-                f.write(msg)
+        else:   # run(): only the reason's text; the verdict is the exit status
+            os.write(cfg["reason_fd"], msg.encode("utf-8", "replace")[:2000])
         return 1
     realpath, fspath, sep = os.path.realpath, os.fspath, os.sep
     WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
@@ -337,18 +334,19 @@ class _Launch:
         """The program's directory as the program sees it (None: the host path itself)."""
         return None if self.backend == "none" else BOX
 
-    def command(self, box: str, limits: SandboxLimits) -> list[str]:
-        """The launcher in front of the interpreter for a program whose directory is ``box`` on the host."""
+    def command(self, home: str, limits: SandboxLimits) -> list[str]:
+        """The launcher in front of the interpreter, for a program whose ``program.py`` and ``boot.py``
+        are in ``home`` on the host. Its directory is a fresh one on the private, size-capped /tmp."""
         if self.backend == "bwrap":
-            return [*self.drop, *_bwrap_args(self.bwrap, box, self.python, limits.tmp_mb)]
+            return [*self.drop, *_bwrap_args(self.bwrap, home, self.python, limits.tmp_mb)]
         if self.backend == "unshare":
             return [self.unshare, "--pid", "--fork", "--kill-child", "--mount", "--net", "--ipc", "--uts",
-                    "--mount-proc", "--", "/bin/sh", "-c", _UNSHARE_SCRIPT, "sh", box, str(limits.tmp_mb),
+                    "--mount-proc", "--", "/bin/sh", "-c", _UNSHARE_SCRIPT, "sh", home, str(limits.tmp_mb),
                     *self.drop]
         return list(self.drop)
 
 
-def _bwrap_args(bwrap: str, box: str, python: str, tmp_mb: int) -> list[str]:
+def _bwrap_args(bwrap: str, home: str, python: str, tmp_mb: int) -> list[str]:
     args = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try", "--disable-userns", "--uid", str(NOBODY), "--gid", str(NOBODY),
             "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
@@ -363,26 +361,30 @@ def _bwrap_args(bwrap: str, box: str, python: str, tmp_mb: int) -> list[str]:
         args += ["--ro-bind", prefix, prefix]
     args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
              "--proc", "/proc", "--dev", "/dev", "--size", str(tmp_mb << 20), "--tmpfs", "/tmp",
-             "--bind", box, BOX, "--chdir", BOX]
+             "--perms", "0777", "--dir", BOX, "--chdir", BOX]
+    for f in ("program.py", "boot.py"):
+        args += ["--ro-bind", os.path.join(home, f), f"{BOX}/{f}"]
+    return args
     return args
 
 
 # unshare fallback, run as root in the fresh mount namespace: the host tree read-only, private
-# tmpfs over the world-writable places and /run (Unix sockets), the box bound in, then drop to nobody.
+# tmpfs over the world-writable places and /run (Unix sockets), the program's files copied into a
+# fresh directory on the private /tmp, then drop to nobody.
 _UNSHARE_SCRIPT = r'''
 set -e
-box="$1"; size="$2"; shift 2
+home="$1"; size="$2"; shift 2
 mount --make-rprivate /
 for m in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
   case "$m" in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*) ;; *) mount -o remount,bind,ro "$m" 2>/dev/null || true ;; esac
 done
 mount -t tmpfs -o size=1m tmpfs /run
-mkdir /run/box
-mount --bind "$box" /run/box
-mount -o remount,bind,rw /run/box
+mkdir /run/in
+mount --bind "$home" /run/in
 mount -t tmpfs -o "size=${size}m,mode=1777" tmpfs /tmp
-mkdir /tmp/box
-mount --move /run/box /tmp/box
+mkdir -m 0777 /tmp/box
+cp /run/in/program.py /run/in/boot.py /tmp/box/
+umount /run/in
 for d in /var/tmp /dev/shm /dev/mqueue; do [ -d "$d" ] && mount -t tmpfs -o size=1m tmpfs "$d" || true; done
 cd /tmp/box
 exec "$@"
@@ -421,6 +423,8 @@ def _launch(backend: str = "auto") -> _Launch:
     probe_dir = tempfile.mkdtemp(prefix="automerge-sandbox-probe-")
     try:
         os.chmod(probe_dir, 0o755)
+        for f in ("program.py", "boot.py"):
+            Path(probe_dir, f).write_text("")
         if drop:
             os.chown(probe_dir, NOBODY, NOBODY)
         bwrap, unshare = _which("bwrap"), _which("unshare")
@@ -560,35 +564,47 @@ class Sandbox:
         t0 = time.perf_counter()
         ln = self._launch
         lim = self.limits
-        home = tempfile.mkdtemp(prefix="automerge-sandbox-")    # 0700: the runner's; the box inside it
-        box = os.path.join(home, "box")
+        home = tempfile.mkdtemp(prefix="automerge-sandbox-")    # the runner's; bound read-only into the sandbox
         procs: list[subprocess.Popen] = []
         init: _NamespaceInit | None = None
         fds: list[int] = []
         try:
-            os.mkdir(box, 0o700)
-            (Path(box) / "program.py").write_text(program, encoding="utf-8")
-            (Path(box) / "boot.py").write_text(_BOOTSTRAP, encoding="utf-8")
-            if ln.user == "nobody":
-                os.chmod(home, 0o711)          # nobody may pass through to its box, not list the rest
-                for p in (box, *(os.path.join(box, f) for f in ("program.py", "boot.py"))):
-                    os.chown(p, NOBODY, NOBODY)
+            for name, text in (("program.py", program), ("boot.py", _BOOTSTRAP)):
+                Path(home, name).write_text(text, encoding="utf-8")
+                os.chmod(os.path.join(home, name), 0o644)
+            os.chmod(home, 0o711)              # nobody may read the two files by name, not list the rest
+            box = os.path.join(home, "box")     # used without namespaces only
+            if ln.backend == "none":
+                os.mkdir(box, 0o700)
+                for name in ("program.py", "boot.py"):
+                    shutil.copy(os.path.join(home, name), box)
+                if ln.user == "nobody":
+                    for p in (box, *(os.path.join(box, f) for f in ("program.py", "boot.py"))):
+                        os.chown(p, NOBODY, NOBODY)
             inner = ln.root_dir or box
-            cfg: dict = {"dir": inner, "limits": self._rlimits(), "mode": "program"}
-            pass_fds: tuple[int, ...] = ()
+            # stdout, stderr and run()'s failure reason: files outside the sandbox, open before it starts
+            outs = [os.open(os.path.join(home, n), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                    for n in ("stdout.txt", "stderr.txt", "reason.txt")]
+            fds += outs
+            cfg: dict = {"dir": inner, "limits": self._rlimits(), "mode": "program",
+                         "out_fd": outs[0], "err_fd": outs[1], "reason_fd": outs[2]}
+            pass_fds: tuple[int, ...] = tuple(outs)
             if tests is not None:
                 req_r, req_w = os.pipe()
                 resp_r, resp_w = os.pipe()
                 fds += [req_r, req_w, resp_r, resp_w]
                 cfg.update(mode="serve", entry=tests["entry"], req_fd=req_r, resp_fd=resp_w, wire=_WIRE_SRC)
-                pass_fds = (req_r, resp_w)
-            cmd = [*ln.command(box, lim), ln.python, "-I", "-S", "-B", os.path.join(inner, "boot.py"),
+                pass_fds += (req_r, resp_w)
+            cmd = [*ln.command(home, lim), ln.python, "-I", "-S", "-B", os.path.join(inner, "boot.py"),
                    json.dumps(cfg)]
             env = {"PATH": "/usr/bin:/bin", "HOME": inner, "TMPDIR": inner, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
             with open(os.path.join(home, "launcher.err"), "wb") as err:
                 procs.append(subprocess.Popen(cmd, cwd=box if ln.backend == "none" else "/", env=env,
                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                               pass_fds=pass_fds, start_new_session=True, close_fds=True))
+            for fd in outs:
+                os.close(fd)
+                fds.remove(fd)
             init = _NamespaceInit.of(procs[0]) if ln.backend != "none" else None
             deadline = t0 + lim.timeout_s
             verdict: str | None = None
@@ -617,15 +633,15 @@ class Sandbox:
                             init)
             else:
                 code = _end(procs[0], max(0.0, deadline - time.perf_counter()), init)
-            out_tail = _tail(Path(box) / "stdout.txt", lim.output_chars)
-            err_tail = _tail(Path(box) / "stderr.txt", lim.output_chars)
+            out_tail = _tail(Path(home) / "stdout.txt", lim.output_chars)
+            err_tail = _tail(Path(home) / "stderr.txt", lim.output_chars)
             if verdict is None:      # run(): the program's exit status
                 if code is None:
                     reason = "timed out"
                 elif code == 0:
                     reason = "passed"
                 else:
-                    reason = _file(Path(box) / ".reason") or self._status_reason(code, home)
+                    reason = _file(Path(home) / "reason.txt") or self._status_reason(code, home)
             elif verdict == "ended":
                 reason = f"failed: the program ended before answering ({self._status_reason(code, home)})"
             else:

@@ -321,3 +321,12 @@ def test_walls_down_are_loud(capfd):
                              "tests": "def check(c):\n    assert c(3) == 3\n"}])
     assert rs[0].passed, rs[0].reason
     assert "SANDBOX WALLS ARE DOWN" in capfd.readouterr().err
+
+
+def test_the_programs_directory_is_a_capped_private_tmpfs(walled):
+    """Many files within RLIMIT_FSIZE each cannot fill the host's disk: the directory holds tmp_mb."""
+    r = walled.run(HOOK_OFF + (
+        "for i in range(10 * %d):\n"
+        "    with open('f%%d' %% i, 'wb') as f:\n"
+        "        f.write(b'x' * (1 << 20))\n") % walled.limits.tmp_mb)
+    assert not r.passed and "No space left on device" in r.reason, r.reason
