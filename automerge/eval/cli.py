@@ -93,7 +93,12 @@ def evaluate_models(
     if suite not in ("proxy", "full"):
         raise EvalError(f"--suite must be 'proxy' or 'full', not {suite!r}")
     task_list = list(tasks) if tasks else list(PROXY_TASKS) + (list(FULL_TASKS) if suite == "full" else [])
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    try:
+        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    except (RuntimeError, TypeError):
+        raise EvalError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
     specialists = list(specialists or [])
     entries: list[tuple[str, str, bool]] = []          # (label, path, is_plain_model)
     if base:

@@ -41,7 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from automerge.errors import SpaceError
+from automerge.errors import SpaceError, storage_failure
 from automerge.search.scheduler import SEARCH, Result
 from automerge.search.space import SearchSpace
 
@@ -140,7 +140,11 @@ def open_storage(url: str) -> Any:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise SpaceError(f"cannot create the directory of SQLite storage {url}: {err.strerror}; "
+                                 "pass --storage with a writable path") from None
         kwargs = {"connect_args": {"timeout": 120}}
     else:
         kwargs = {"pool_pre_ping": True}
@@ -151,7 +155,7 @@ def open_storage(url: str) -> Any:
     try:
         storage = _retry(make, what="open storage")
     except Exception as err:  # noqa: BLE001
-        raise SpaceError(f"cannot open study storage {url}: {err}") from None
+        raise SpaceError(storage_failure(url, err)) from None
     if url.startswith("sqlite"):
         _sqlite_setup(storage.engine)
         storage.engine.dispose()
