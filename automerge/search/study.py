@@ -320,6 +320,15 @@ class SearchStudy:
         _quiet_optuna()
         storage = open_storage(url)
         claims = Claims(url)
+        try:
+            return cls._open(name, url, space, storage, claims)
+        except BaseException:
+            storage.engine.dispose()     # closed: SQLite leaves no -wal/-shm files beside the study
+            claims.dispose()
+            raise
+
+    @classmethod
+    def _open(cls, name: str, url: str, space: SearchSpace | None, storage: Any, claims: Claims) -> "SearchStudy":
         stored = stored_space(storage, name)
         if stored is None:
             if space is None:
