@@ -6,8 +6,9 @@ wants out. Every program runs:
 
 * **filesystem**: on a minimal read-only root (``/usr`` and its ``/bin``, ``/lib`` links only: no
   ``/etc``, ``/home``, ``/root``, ``/run``, no Unix sockets of the host), a private size-capped
-  tmpfs ``/tmp``, a private ``/dev`` and ``/proc``; its own directory (``/tmp/box``, deleted
-  afterwards) is the only writable host path;
+  tmpfs ``/tmp`` holding its directory ``/tmp/box`` (read-only ``program.py``), a private ``/dev``
+  and ``/proc``. No host path is writable: what it writes vanishes with the namespace, and its
+  stdout/stderr go to files the runner opened outside;
 * **network**: an empty network namespace (loopback only, nobody listening);
 * **processes**: a PID namespace whose init is bubblewrap. When the program ends, or when the
   runner kills that init at the timeout, the kernel kills every process in it, ``setsid`` daemons
@@ -307,7 +308,7 @@ class SandboxLimits:
     file_size_mb: int = 16          # RLIMIT_FSIZE
     open_files: int = 64            # RLIMIT_NOFILE
     processes: int = 64             # RLIMIT_NPROC (counts every process of the uid; root ignores it)
-    tmp_mb: int = 64                # size of the private /tmp (bubblewrap)
+    tmp_mb: int = 64                # size of the private /tmp that holds the program's directory
     output_chars: int = 2000        # stdout/stderr tail kept in the result
 
 
