@@ -254,7 +254,7 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     ok = sum(r["ok"] for r in rows)
     lines = [
-        "### Kill sweep: SIGKILL at 10 points of a search, then `automerge search --study NAME`",
+        f"### Kill sweep: SIGKILL at {len(rows)} points of a search, then `automerge search --study NAME`",
         "",
         f"Machine: {machine()}; load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} at the end. "
         f"Space: {args.space.name}{' (quick)' if args.quick else ''}, {trials} trials, seed {args.seed}; "
