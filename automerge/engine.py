@@ -47,9 +47,17 @@ THRESHOLD_GRID = 1000
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RecipeError(f"device {device!r} is not a device; use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RecipeError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RecipeError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                          "use cuda:0 … or auto")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise RecipeError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or auto")
     return dev
 
 

@@ -97,7 +97,12 @@ def evaluate_models(
     for t in task_list:                 # a bad data file fails before any model loads
         if _data_tasks.is_data_task(t):
             _data_tasks.load(t)
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    try:
+        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    except (RuntimeError, TypeError):
+        raise EvalError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
     specialists = list(specialists or [])
     entries: list[tuple[str, str, bool]] = []          # (label, path, is_plain_model)
     if base:

@@ -41,7 +41,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from automerge.errors import AutomergeError
+from automerge.errors import AutomergeError, storage_failure
 
 DEFAULT_RESULTS = Path("results")
 FULL = "full"
@@ -215,7 +215,7 @@ def open_storage(url: str):
     try:
         return optuna.storages.RDBStorage(url, skip_table_creation=True)
     except Exception as err:  # noqa: BLE001 - driver errors vary; the message names the URL
-        raise StudyNotFoundError(f"cannot open storage {_redact(url)}: {err}") from None
+        raise StudyNotFoundError(storage_failure(url, err)) from None
 
 
 def _redact(url: str) -> str:

@@ -87,6 +87,7 @@ def prepare(opts: SearchOptions, *, check_models: bool = True) -> tuple[SearchSt
     if space is not None:
         space = _with_overrides(space, opts)
         if check_models:
+            _check_device(space.device)
             space.check_models()  # fails before any model loads or anything is written
         from automerge.search.fisher import check_sources
 
@@ -100,6 +101,7 @@ def prepare(opts: SearchOptions, *, check_models: bool = True) -> tuple[SearchSt
         if stored is None:
             raise SpaceError(f"no study {name!r} in {url}; give a search space file to start it")
         if check_models:
+            _check_device(opts.device or stored.device)
             stored.check_models()
     study = SearchStudy.open(name, url, space)
     if space is None:
@@ -112,9 +114,22 @@ def prepare(opts: SearchOptions, *, check_models: bool = True) -> tuple[SearchSt
     return study, study_dir
 
 
+def _check_device(device: str) -> None:
+    """The device parses and exists here (the engine would fail on it only after the study is created)."""
+    from automerge.engine import pick_device
+    from automerge.errors import RecipeError
+
+    try:
+        pick_device(device)
+    except RecipeError as err:
+        raise SpaceError(str(err)) from None
+
+
 def _with_overrides(space: SearchSpace, opts: SearchOptions) -> SearchSpace:
     budget = space.budget
     update: dict[str, Any] = {}
+    if opts.threads is not None and opts.threads < 1:
+        raise SpaceError(f"--threads {opts.threads}: give at least 1 (cores / workers on a shared machine)")
     if opts.trials is not None:
         if opts.trials < 0:
             raise SpaceError("--trials must be >= 0")

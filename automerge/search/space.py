@@ -416,7 +416,8 @@ class SearchSpace(BaseModel):
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            raise SpaceError(f"{source}: not valid YAML: {err}") from None
+            raise SpaceError(f"{source}: not valid YAML: {yaml_problem(err)}; fix the file (search_spaces/demo.yaml "
+                             "shows the format)") from None
         return cls.from_dict(data if data is not None else {}, source=source)
 
     @classmethod
@@ -979,3 +980,12 @@ def _yaml_path(loc: Sequence[Any]) -> str:
 
 if False:  # pragma: no cover - typing only
     from automerge.recipe import Recipe  # noqa: F401
+
+
+def yaml_problem(err: Exception) -> str:
+    """A YAML parse error on one line: what and where (line, column), not PyYAML's multi-line excerpt."""
+    problem = getattr(err, "problem", None) or getattr(err, "context", None)
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(err).split())[:300]

@@ -45,7 +45,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from automerge.errors import SpaceError
+from automerge.errors import SpaceError, storage_failure
 from automerge.search.noise import items_from_attrs, objective_noise
 from automerge.search.scheduler import SEARCH, Result
 from automerge.search.space import SearchSpace
@@ -145,7 +145,11 @@ def open_storage(url: str) -> Any:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise SpaceError(f"cannot create the directory of SQLite storage {url}: {err.strerror}; "
+                                 "pass --storage with a writable path") from None
         kwargs = {"connect_args": {"timeout": 120}}
     else:
         kwargs = {"pool_pre_ping": True}
@@ -156,7 +160,7 @@ def open_storage(url: str) -> Any:
     try:
         storage = _retry(make, what="open storage")
     except Exception as err:  # noqa: BLE001
-        raise SpaceError(f"cannot open study storage {url}: {err}") from None
+        raise SpaceError(storage_failure(url, err)) from None
     if url.startswith("sqlite"):
         _sqlite_setup(storage.engine)
         storage.engine.dispose()
@@ -322,6 +326,15 @@ class SearchStudy:
         _quiet_optuna()
         storage = open_storage(url)
         claims = Claims(url)
+        try:
+            return cls._open(name, url, space, storage, claims)
+        except BaseException:
+            storage.engine.dispose()     # closed: SQLite leaves no -wal/-shm files beside the study
+            claims.dispose()
+            raise
+
+    @classmethod
+    def _open(cls, name: str, url: str, space: SearchSpace | None, storage: Any, claims: Claims) -> "SearchStudy":
         stored = stored_space(storage, name)
         if stored is None:
             if space is None:
