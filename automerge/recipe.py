@@ -225,7 +225,7 @@ class Recipe(BaseModel):
             # mergekit's slerp interpolates between base_model (t=0) and the other model (t=1).
             models.append({"model": self.base})
         for m in self.models:
-            entry: dict[str, Any] = {"model": m.path}
+            entry: dict[str, Any] = {"model": _mergekit_model_ref(m.path, self.base)}
             if m.parameters:
                 entry["parameters"] = {k: setting(v) for k, v in m.parameters.items()}
             models.append(entry)
@@ -259,7 +259,7 @@ class Recipe(BaseModel):
         base = _model_path(base) if base is not None else None
         models = []
         for i, entry in enumerate(data.get("models") or []):
-            path = _model_path(entry.get("model"))
+            path = _lora_path(entry.get("model"), base, f"{source}: models[{i}].model") or _model_path(entry.get("model"))
             if path == base:
                 continue  # the base appears among mergekit's models for slerp and some others
             params = {k: _group_value(v, f"{source}: models[{i}].parameters.{k}")
@@ -302,6 +302,44 @@ def _model_path(ref: Any) -> str:
     if not isinstance(ref, str):
         raise RecipeError(f"mergekit model reference {ref!r} is not a path")
     return ref
+
+
+def _mergekit_model_ref(path: str, base: str | None) -> str:
+    """How mergekit names a specialist: a LoRA adapter as `BASE+ADAPTER` (mergekit merges it into the
+    base on load: the same task vector up to the base dtype's rounding); a state dict it cannot read."""
+    from automerge.checkpoints import resolve_model_path
+    from automerge.errors import CheckpointError
+    from automerge.specialists import is_lora_adapter, is_state_dict_file
+
+    try:
+        p = resolve_model_path(path)
+    except CheckpointError:
+        return path
+    if is_state_dict_file(p):
+        raise RecipeError(f"model {path!r} is a plain state dict, which mergekit cannot read; export the merged "
+                          "model (automerge merge), or save the specialist as a HF model dir (config.json + "
+                          "safetensors) and point the recipe at it")
+    if is_lora_adapter(p):
+        if base is None:
+            raise RecipeError(f"LoRA adapter {path!r} needs the recipe's base for mergekit's BASE+ADAPTER reference")
+        return f"{base}+{path}"
+    return path
+
+
+def _lora_path(ref: Any, base: str | None, where: str) -> str | None:
+    """The adapter path of a mergekit `MODEL+LORA` reference on the merge's base, None for plain models."""
+    if isinstance(ref, dict) and ref.get("lora"):
+        model, lora = ref.get("model"), ref.get("lora")
+        model = model.get("path") if isinstance(model, dict) else model
+        lora = lora.get("path") if isinstance(lora, dict) else lora
+    elif isinstance(ref, str) and "+" in ref:
+        model, lora = ref.split("+", 1)
+    else:
+        return None
+    if model != base:
+        raise RecipeError(f"{where}: LoRA {lora!r} is applied to {model!r}, not to base_model {base!r}; automerge "
+                          "reads an adapter against the merge's base: merge the LoRA into its model first")
+    return str(lora)
 
 
 def _unique_name(path: str, taken: Sequence[ModelSpec]) -> str:

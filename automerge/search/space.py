@@ -621,8 +621,17 @@ class SearchSpace(BaseModel):
                 raise SpaceError(f"{src}: {where}: {err}") from None
 
         base = open_at("base", self.base)
-        specs = [open_at(f"specialists[{i}].path", s.path) for i, s in enumerate(self.specialists)]
-        refs = [open_at(f"references[{i}].path", r.path) for i, r in enumerate(self.references)]
+
+        def open_against_base(where: str, path: str) -> Any:  # also LoRA adapters and state-dict files
+            from automerge.specialists import open_specialist
+
+            try:
+                return open_specialist(path, base=base)
+            except AutomergeError as err:
+                raise SpaceError(f"{src}: {where}: {err}") from None
+
+        specs = [open_against_base(f"specialists[{i}].path", s.path) for i, s in enumerate(self.specialists)]
+        refs = [open_against_base(f"references[{i}].path", r.path) for i, r in enumerate(self.references)]
         for where, group in (("specialists", specs), ("references", refs)):
             for i, ck in enumerate(group):
                 try:
