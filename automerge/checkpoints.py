@@ -25,7 +25,7 @@ from automerge.files import normal_modes
 from automerge.errors import CheckpointError, IncompatibleModelsError
 from automerge.layers import layer_index, num_hidden_layers
 
-ZOO_MODELS = ("base", "code", "lang", "tests", "mix")
+ZOO_MODELS = ("base", "code", "lang", "tests", "mix", "code-lora", "lang-lora")  # *-lora: PEFT adapters
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # Copied verbatim from the source checkpoint next to the merged weights.
