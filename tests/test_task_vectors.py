@@ -122,3 +122,19 @@ def test_lora_specialists_are_analysed_with_zero_untouched_modules(models, tmp_p
     mlp = t[(t.kind == "mlp") & (t.layer != "all")]
     assert (mlp.norm_b == 0).all() and mlp.cosine.isna().all()
     assert (t[(t.kind == "attn") & (t.layer != "all")].norm_b > 0).all()
+
+
+def test_report_section(models, tmp_path):
+    from types import SimpleNamespace
+
+    from automerge.report.task_vector_section import task_vector_section
+
+    _, base, a, b = models
+    data = SimpleNamespace(space={"base": str(base), "specialists": [{"name": "a", "path": str(a)},
+                                                                     {"name": "b", "path": str(b)}]})
+    section, png = task_vector_section(data, tmp_path)
+    assert "<h2>Task vectors</h2>" in section and "task-vector-table" in section and "conflict most" in section
+    assert png == tmp_path / "task_vectors.png" and png.is_file()
+    data.space["specialists"][1]["path"] = str(tmp_path / "missing")
+    section, png = task_vector_section(data, tmp_path)
+    assert "not analysed" in section and "does not exist" in section and png is None
