@@ -7,16 +7,29 @@ from typing import Optional
 
 import typer
 
-ZOO_MIX = ("code", "prose", "docstrings")  # the mix model's domains
 
-
-def zoo_mix_texts() -> list[str]:
-    """zoo:mix: the training split (never held out) of the zoo's mix domains, the test-size selection:
-    a small mixed dataset read from this Python's standard library and pydoc topics."""
+def zoo_mix_texts(max_chars: int = 1_500_000) -> list[str]:
+    """zoo:mix: a mixed dataset of the zoo's mix domains, never its held-out files: standard-library
+    code (half of `max_chars`), its module docstrings, and the pydoc topics (prose), read from this
+    Python (no apt package), in the zoo's stable-hash order so every machine takes the same files."""
     from automerge.zoo import corpus as C  # the CLI layer may use the zoo; the core never does
 
-    train = C.collect("test").train
-    return [t for dom in ZOO_MIX for t in train[dom]]
+    code_files, _ = C.stdlib_files()
+    order = sorted((f for f in code_files if not C.is_heldout(f[0])), key=lambda f: C.stable_hash(f[0]))
+    code, size = [], 0
+    for rec in C.load_code_records(order[:400], "code"):
+        if size >= max_chars // 2:
+            break
+        code.append(rec.text)
+        size += len(rec.text)
+    docs = [d for d in (C.docstring_text(t) for t in code) if d]
+    prose, size = [], 0
+    for rec in sorted(C.pydoc_topic_records(), key=lambda r: C.stable_hash(r.source)):
+        if C.is_heldout(rec.source) or size >= max_chars // 2:
+            continue
+        prose.append(rec.text)
+        size += len(rec.text)
+    return [*code, *docs, *prose]
 
 
 def heal_command(

@@ -293,10 +293,9 @@ class LoraCheckpoint(Checkpoint):
         return d
 
     def _load_raw(self, name: str, file: Path) -> torch.Tensor:
-        b = self.base.read(name, dtype=torch.float32)
         if name not in self._factors and name not in self._full:
             return self.base.read(name)
-        return (b + self.delta(name)).to(self.base.dtype(name))
+        return (self.base.read(name, dtype=torch.float32) + self.delta(name)).to(self.base.dtype(name))
 
 
 def _pattern(pattern: dict, module: str, default: float) -> float:

@@ -57,31 +57,36 @@ def main() -> None:
     from automerge.heal_cli import zoo_mix_texts
 
     domains = {"code": "code", "prose": "lang"}  # held-out domain -> its specialist
-    loss = lambda d: {dom: heldout_loss(d, dom, windows=args.windows, seq_len=args.seq_len) for dom in domains}  # noqa: E731
+    def loss(model_dir: Path) -> dict[str, float]:
+        return {dom: heldout_loss(model_dir, dom, windows=args.windows, seq_len=args.seq_len) for dom in domains}
+
     rows = {name: loss(resolve_model_path(f"zoo:{name}")) for name in ("code", "lang", "mix")}
     rows["merge"] = loss(args.merged)
     texts = zoo_mix_texts()
-    notes = []
+    gap = lambda r, dom: (rows["merge"][dom] - r[dom]) / (rows["merge"][dom] - rows[domains[dom]][dom])  # noqa: E731
+
+    def show(name: str) -> None:
+        r = rows[name]
+        closed = [f"{gap(r, dom):+.0%}" if name not in ("code", "lang") else "" for dom in domains]
+        print(f"| {name} | {r['code']:.3f} | {r['prose']:.3f} | {closed[0]} | {closed[1]} |", flush=True)
+
+    print(f"healing: {'LoRA rank ' + str(args.lora) if args.lora else 'full'} fine-tune, lr "
+          f"{args.lr or ('1e-3' if args.lora else '1e-4')}, batch {args.batch_size}×{args.seq_len} tokens, zoo:mix "
+          f"({len(texts)} texts)\n")
+    print("| model | code loss | prose loss | code gap closed | prose gap closed |")
+    print("|---|---:|---:|---:|---:|")
+    for name in rows:
+        show(name)
     with tempfile.TemporaryDirectory() as tmp:
         for steps in args.steps:
             t0 = time.perf_counter()
             res = heal(args.merged, texts, out=Path(tmp) / f"h{steps}", steps=steps, lr=args.lr,
                        lora_rank=args.lora, batch_size=args.batch_size, seq_len=args.seq_len, device="cpu")
-            rows[f"merge + heal {steps}"] = loss(res.out)
-            notes.append(f"{steps} steps: {res.tokens:,} tokens, loss on the healing data {res.loss_before:.3f} → "
-                         f"{res.loss_after:.3f}, {time.perf_counter() - t0:.0f} s")
-    gap = lambda r, dom: (rows["merge"][dom] - r[dom]) / (rows["merge"][dom] - rows[domains[dom]][dom])  # noqa: E731
-    print("| model | code loss | prose loss | code gap closed | prose gap closed |")
-    print("|---|---:|---:|---:|---:|")
-    for name, r in rows.items():
-        closed = [f"{gap(r, dom):+.0%}" if name not in ("code", "lang") else "" for dom in domains]
-        print(f"| {name} | {r['code']:.3f} | {r['prose']:.3f} | {closed[0]} | {closed[1]} |")
-    print()
-    print(f"healing: {'LoRA rank ' + str(args.lora) if args.lora else 'full'} fine-tune, lr "
-          f"{args.lr or ('1e-3' if args.lora else '1e-4')}, batch {args.batch_size}×{args.seq_len} tokens, zoo:mix "
-          f"({len(texts)} texts)")
-    for n in notes:
-        print(f"- {n}")
+            name = f"merge + heal {steps}"
+            rows[name] = loss(res.out)
+            show(name)
+            print(f"  ({steps} steps: {res.tokens:,} tokens, loss on the healing data {res.loss_before:.3f} → "
+                  f"{res.loss_after:.3f}, {time.perf_counter() - t0:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,16 @@ def test_cli(setup, tmp_path):
     res = CliRunner().invoke(app, ["heal", str(model), "--data", str(data), "--steps", "3",
                                    "--out", str(tmp_path / "h")])
     assert res.exit_code != 0 and "not empty" in str(res.exception)
+
+
+def test_zoo_mix_is_mixed_and_never_held_out():
+    from automerge.heal_cli import zoo_mix_texts
+    from automerge.zoo import corpus as C
+
+    texts = zoo_mix_texts(max_chars=40_000)
+    assert any("def " in t for t in texts) and len(texts) >= 4
+    from automerge.zoo import DATA_DIR
+
+    heldout = {r["text"] for d in ("code", "prose", "docstrings")
+               for r in C.read_jsonl(DATA_DIR / "heldout" / f"{d}.jsonl")}
+    assert not heldout & set(texts)

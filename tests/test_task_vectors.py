@@ -54,7 +54,7 @@ def _direct(base, specs, layer: str, kind: str, rho: float) -> dict[str, float]:
         union += int((masks[0] | masks[1]).sum())
     return {"norm_a": float(d[0].norm()), "norm_b": float(d[1].norm()),
             "cosine": float(d[0] @ d[1] / (d[0].norm() * d[1].norm())),
-            f"conflict@{rho:g}": differ / both, f"overlap@{rho:g}": both / union, "params": sum(x.numel() for x in d[:1])}
+            f"conflict@{rho:g}": differ / both, f"overlap@{rho:g}": both / union, "params": d[0].numel()}
 
 
 def test_figures_equal_a_direct_computation(models):
