@@ -122,6 +122,7 @@ class ResidentMerger:
         self._noise_seed: int | None = None
         self._noise: dict[int, torch.Tensor] = {}
         self._fisher: dict[str, torch.Tensor] | None = None
+        self._fisher_files: list[Path] | None = None  # the files self._fisher was read from
         self._buffers: _Scratch | None = None
 
     def _live_tensors(self) -> dict[str, torch.Tensor]:
@@ -162,13 +163,13 @@ class ResidentMerger:
         order = self._specialist_order(recipe)
         grouping = self.grouping(recipe)
         recipe.validate_for(grouping)
-        resolved = {g: self._checked(method, recipe, g) for g in grouping.groups()}
+        resolved = {g: self._checked(method, recipe, g) for g in recipe.groups(grouping)}
         if method.random:
             self._ensure_noise(recipe.seed)
-        fisher = self._ensure_fisher() if method.name == "fisher" else None
+        fisher = self._ensure_fisher(recipe) if method.name == "fisher" else None
         with torch.no_grad():
             for idx, t in enumerate(self.tensors):
-                params, per_model = resolved[grouping.group_of(t.name)]
+                params, per_model = resolved[recipe.tensor_group(t.name, grouping)]
                 per_model = [per_model[j] for j in order]
                 if _fusable(method.name, params):
                     self._fused(idx, t, method.name, params, per_model)
@@ -263,21 +264,31 @@ class ResidentMerger:
             del ordered
         return torch.stack(rows)
 
-    def _ensure_fisher(self) -> dict[str, torch.Tensor]:
-        if self._fisher is None:
-            from automerge.fisher import load_fisher
+    def _ensure_fisher(self, recipe: Recipe) -> dict[str, torch.Tensor]:
+        """Stacked Fisher per tensor: the constructor's files first, else the recipe's `fisher:`
+        entries (data estimated once, cached: `automerge.fisher.resolve_fisher`). Re-read only
+        when the files change."""
+        from automerge.fisher import load_fisher, resolve_fisher
 
-            missing = [n for n in self.names if n not in self.fisher_paths]
-            if missing:
-                raise RecipeError(
-                    f"method 'fisher' needs a Fisher estimate for {', '.join(missing)}; run "
-                    "`automerge fisher MODEL DATA OUT` and pass fisher={name: OUT}"
-                )
-            per_model = [load_fisher(self.fisher_paths[n]) for n in self.names]
+        if all(n in self.fisher_paths for n in self.names):
+            files = [self.fisher_paths[n] for n in self.names]
+        else:
+            resolved = resolve_fisher(recipe, given=self.fisher_paths, names=self.names, device=str(self.device),
+                                      where="the recipe (Python: or ResidentMerger(fisher={name: FILE}))")
+            files = [resolved[n] for n in self.names]
+        if self._fisher is None or self._fisher_files != files:
+            self._fisher = None  # free the old estimates before reading new ones
+            per_model = [load_fisher(f) for f in files]
+            for f, est in zip(files, per_model):
+                absent = [t.name for t in self.tensors if t.name not in est]
+                if absent:
+                    raise RecipeError(f"Fisher file {f} has no tensor {absent[0]} ({len(absent)} missing): it was "
+                                      "estimated for another model; estimate it again with `automerge fisher`")
             self._fisher = {
                 t.name: torch.stack([f[t.name].to(self.device, torch.float32) for f in per_model])
                 for t in self.tensors
             }
+            self._fisher_files = files
         return self._fisher
 
     # -- merging ---------------------------------------------------------------------------

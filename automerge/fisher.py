@@ -3,6 +3,17 @@
     fisher = estimate_fisher(model, tokenizer, texts, max_tokens=8192)    # {param name: F}
     save_fisher(fisher, "results/night1/fisher/code.safetensors")
     path = cached_fisher("zoo:code", texts, cache_dir="results/night1/fisher")  # estimate once
+    paths = resolve_fisher(recipe)    # a recipe's `fisher:` entries -> estimate files (cached)
+
+Where a recipe says `fisher: {data: FILE}`, the estimate is cached in `default_cache_dir()`
+(``$AUTOMERGE_CACHE_DIR/fisher``, else ``$XDG_CACHE_HOME/automerge/fisher``, else
+``~/.cache/automerge/fisher``): recipes live in read-only or versioned places (exported model
+directories, git), and one estimate serves every recipe over the same model, data and settings —
+the cache key (`fisher_cache_key`) holds all three, so a rebuilt model or other data never
+reuses a stale file.
+
+Estimates are reproducible bit for bit on one kind of machine (`deterministic`: one CPU thread,
+deterministic kernels), so a search's workers that cannot share a file compute the same bytes.
 
 F_j = mean over examples e of (d log p(e) / d theta_j)^2: the empirical diagonal Fisher of
 Matena & Raffel (2022), where an example is a chunk of at most `seq_len` tokens of one text
@@ -14,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,7 +43,8 @@ def _examples(tokenizer, texts: Iterable[str], *, seq_len: int, max_tokens: int)
     out: list[list[int]] = []
     total = 0
     for text in texts:
-        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        # verbose=False: a text longer than the model's context is expected here (it is chunked below)
+        ids = list(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
         for start in range(0, len(ids), seq_len):
             piece = ids[start : start + seq_len][: max_tokens - total]
             if len(piece) < 2:
@@ -50,8 +64,12 @@ def estimate_fisher(
     max_tokens: int = 8192,
     batch_size: int = 1,
     seq_len: int = 512,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Diagonal Fisher per parameter (fp32, CPU), keyed by `model.named_parameters()` names.
+
+    progress(done, total) is called after each batch, with counts of examples. seq_len is capped
+    at the model's context (config.max_position_embeddings).
 
     batch_size=1 squares each example's own gradient (the exact empirical Fisher).
     batch_size=B squares the gradient of B examples' summed log-likelihood and divides
@@ -65,6 +83,9 @@ def estimate_fisher(
             f"estimate_fisher: max_tokens ({max_tokens}) and seq_len ({seq_len}) must be >= 2, "
             f"batch_size ({batch_size}) >= 1"
         )
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, int) and context >= 2:
+        seq_len = min(seq_len, context)  # longer examples would run the model past its trained context
     examples = _examples(tokenizer, texts, seq_len=seq_len, max_tokens=max_tokens)
     if not examples:
         raise AutomergeError("estimate_fisher: the texts hold no example of 2 or more tokens; give it some text")
@@ -95,6 +116,8 @@ def estimate_fisher(
             for name, g in zip(params, grads):
                 if g is not None:
                     fisher[name].add_(g.float().square())
+            if progress is not None:
+                progress(min(b + batch_size, len(examples)), len(examples))
     finally:
         for name, p in params.items():
             p.requires_grad_(needed_grad[name])
@@ -114,7 +137,10 @@ def save_fisher(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in fisher.items()}
-    meta = {"format": FORMAT, **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    # One metadata key: safetensors writes its metadata map in random order, so several keys
+    # would make equal estimates differ in bytes.
+    meta = {"automerge_fisher": json.dumps({"format": FORMAT, **{str(k): str(v) for k, v in (metadata or {}).items()}},
+                                           sort_keys=True)}
     with atomic_path(path) as tmp:  # readers see the old file or the new one, never half of one
         save_file(tensors, tmp, metadata=meta)
     return path
@@ -164,24 +190,154 @@ def cached_fisher(
     batch_size: int = 1,
     seq_len: int = 512,
     device: str = "cpu",
+    name: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Path of the Fisher estimate of (model, texts, settings) in cache_dir; estimated first if absent."""
+    """Path of the Fisher estimate of (model, texts, settings) in cache_dir; estimated first if absent.
+
+    The file is `<name or model dir name>-<key>.safetensors`; the estimate runs `deterministic`ally.
+    """
     from automerge.checkpoints import resolve_model_path
 
     model_dir = resolve_model_path(model_path)
     texts = list(texts)
     key = fisher_cache_key(model_dir, texts, max_tokens=max_tokens, batch_size=batch_size, seq_len=seq_len)
-    out = Path(cache_dir) / f"fisher-{model_dir.name}-{key}.safetensors"
+    out = Path(cache_dir) / f"{name or 'fisher-' + model_dir.name}-{key}.safetensors"
     if out.is_file():
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    fisher = estimate_fisher(model, tokenizer, texts, max_tokens=max_tokens, batch_size=batch_size, seq_len=seq_len)
-    meta = {"model": str(model_dir), "key": key, "max_tokens": max_tokens, "batch_size": batch_size,
-            "seq_len": seq_len, "texts": len(texts)}
+    with deterministic(model):
+        fisher = estimate_fisher(model, tokenizer, texts, max_tokens=max_tokens, batch_size=batch_size,
+                                 seq_len=seq_len, progress=progress)
+    del model
+    # Nothing machine-specific (paths, mtimes): equal estimates are equal files on every machine.
+    meta = {"model": model_dir.name, "max_tokens": max_tokens, "batch_size": batch_size, "seq_len": seq_len,
+            "texts": len(texts)}
     return save_fisher(fisher, out, metadata=meta)
+
+
+@contextmanager
+def deterministic(model: torch.nn.Module) -> Iterator[None]:
+    """Run an estimate so that it gives the same bytes every time on the same kind of machine.
+
+    On a CPU: one thread (a matmul's reduction order depends on how many threads split it).
+    Everywhere: torch's deterministic algorithms (warn-only: a kernel without a deterministic
+    variant still runs). Both are restored afterwards. On a GPU, cuBLAS is deterministic only
+    with CUBLAS_WORKSPACE_CONFIG set before its first call: set here when unset (a search
+    estimates before it merges anything).
+    """
+    threads = torch.get_num_threads()
+    was = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if not on_cpu:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if on_cpu:
+        torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+        if on_cpu:
+            torch.set_num_threads(threads)
+
+
+def default_cache_dir() -> Path:
+    """Where estimates computed from a recipe's `fisher: {data: ...}` are kept (see the module doc)."""
+    if os.environ.get("AUTOMERGE_CACHE_DIR"):
+        return Path(os.environ["AUTOMERGE_CACHE_DIR"]) / "fisher"
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "automerge" / "fisher"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def missing_fisher_message(names: Sequence[str], paths: Mapping[str, str], *, where: str = "the recipe") -> str:
+    """What to add for specialists without an estimate: the recipe key, the CLI option, the command."""
+    first = names[0]
+    return (
+        f"method 'fisher' needs a Fisher estimate for model(s) {', '.join(names)}; in {where}, add under "
+        f"that model (e.g. models[{first}]) `fisher: FILE.safetensors` (made by `automerge fisher "
+        f"{paths.get(first, 'MODEL')} DATA.jsonl FILE.safetensors`) or `fisher: {{data: DATA.jsonl}}` "
+        f"(estimated and cached), or pass `automerge merge ... --fisher {first}=FILE.safetensors`"
+    )
+
+
+def resolve_fisher(
+    recipe,
+    *,
+    given: Mapping[str, str | Path] | None = None,
+    names: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    where: str = "the recipe",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Path]:
+    """Estimate file per specialist of a fisher recipe: `given` (e.g. --fisher NAME=PATH) first,
+    then the model's `fisher:` entry — a file, or data estimated once into `cache_dir`
+    (default `default_cache_dir()`). Every file and data path is checked before anything is
+    estimated; a specialist with neither is a RecipeError naming the key to add."""
+    from automerge.errors import RecipeError
+    from automerge.recipe import FisherData
+
+    given = {k: Path(v) for k, v in (given or {}).items()}
+    models = {m.name: m for m in recipe.models}
+    unknown = [n for n in given if n not in models]
+    if unknown:
+        raise RecipeError(f"--fisher {unknown[0]}=...: the recipe has no model {unknown[0]!r}; "
+                          f"its models: {', '.join(models)}")
+    wanted = list(names) if names is not None else list(models)
+    missing = [n for n in wanted if n not in given and models[n].fisher is None]
+    if missing:
+        raise RecipeError(missing_fisher_message(missing, {n: m.path for n, m in models.items()}, where=where))
+    out: dict[str, Path] = {}
+    todo: dict[str, FisherData] = {}
+    for n in wanted:
+        src = given.get(n, models[n].fisher)
+        if isinstance(src, FisherData):
+            if not Path(src.data).is_file():
+                raise RecipeError(f"models[{n}].fisher.data: data file {src.data} does not exist; fix the path "
+                                  "(relative paths are relative to the recipe file)")
+            todo[n] = src
+            continue
+        path = Path(src)
+        if not path.is_file():
+            key = f"--fisher {n}=" if n in given else f"models[{n}].fisher"
+            raise RecipeError(f"{key}: Fisher file {path} does not exist; make it with `automerge fisher "
+                              f"{models[n].path} DATA.jsonl {path}` or fix the path (relative paths are "
+                              "relative to the recipe file)")
+        out[n] = path
+    for n, src in todo.items():
+        out[n] = cached_fisher(
+            models[n].path, read_texts(src.data), cache_dir=cache_dir or default_cache_dir(),
+            max_tokens=src.max_tokens, batch_size=src.batch_size, seq_len=src.seq_len, device=device,
+            progress=(lambda d, t, n=n: progress(n, d, t)) if progress else None)
+    return {n: out[n] for n in wanted}
+
+
+def reachable_fisher(recipe, files: Mapping[str, str | Path]):
+    """The recipe with each `fisher:` file this machine cannot read replaced by files[name] (a
+    study's copy: a search trial made by a worker elsewhere names that worker's path; the bytes
+    are the same, checked by `automerge.search.fisher.study_fisher`). Readable files, data
+    entries and other methods are kept."""
+    if not files or not any(m.fisher is not None or m.name in files for m in recipe.models):
+        return recipe
+    models = []
+    for m in recipe.models:
+        if (m.fisher is None or isinstance(m.fisher, str) and not Path(m.fisher).is_file()) and m.name in files:
+            m = m.model_copy(update={"fisher": str(files[m.name])})
+        models.append(m)
+    return recipe.model_copy(update={"models": models})
 
 
 def read_texts(path: str | Path) -> list[str]:

@@ -82,6 +82,34 @@ def tensor_role(tensor_name: str) -> Role:
     )
 
 
+def is_block_norm(tensor_name: str) -> bool:
+    """Whether a tensor is a normalisation layer inside a transformer block (input_layernorm,
+    post_attention_layernorm, ln_1, ...): a recipe may give these their own value
+    (``blockN.attn.norm``), as mergekit filters on ``self_attn`` / ``mlp`` leave them out.
+
+    >>> is_block_norm("model.layers.0.input_layernorm.weight"), is_block_norm("model.norm.weight")
+    (True, False)
+    """
+    m = _LAYER_RE.search(tensor_name)
+    if m is None:
+        return False
+    return _names_a_norm(tensor_name[m.end():])
+
+
+def is_head_norm(tensor_name: str) -> bool:
+    """Whether a tensor is the final norm (model.norm, ln_f, final_layer_norm): it may take a value
+    of its own (``head.norm``) apart from lm_head.
+
+    >>> is_head_norm("model.norm.weight"), is_head_norm("lm_head.weight")
+    (True, False)
+    """
+    return _LAYER_RE.search(tensor_name) is None and tensor_role(tensor_name) == "head" and _names_a_norm(tensor_name)
+
+
+def _names_a_norm(path: str) -> bool:
+    return any("norm" in p or p.startswith("ln_") for p in _parts(path))
+
+
 def num_hidden_layers(config: Mapping[str, Any]) -> int:
     """Number of transformer blocks from a config.json mapping (any of the usual key spellings)."""
     if not isinstance(config, Mapping) and hasattr(config, "to_dict"):

@@ -16,9 +16,13 @@ def merge_command(
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
     dtype: Optional[str] = typer.Option(None, help="Output dtype: float32, float16 or bfloat16 (default: the recipe's)."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty OUT_DIR."),
+    fisher: list[str] = typer.Option([], "--fisher", help="NAME=FILE: the Fisher estimate of model NAME (method "
+                                     "fisher; overrides the recipe's `fisher:`); repeatable."),
+    fisher_cache: Optional[Path] = typer.Option(None, "--fisher-cache", help="Where estimates from a recipe's "
+                                                "`fisher: {data: ...}` are cached (default ~/.cache/automerge/fisher)."),
 ) -> None:
     """Merge the recipe's models and save the result (loads with AutoModelForCausalLM.from_pretrained)."""
-    from automerge.engine import DTYPES, ResidentMerger
+    from automerge.engine import DTYPES, ResidentMerger, pick_device
     from automerge.recipe import Recipe
 
     recipe = Recipe.load(recipe_path)
@@ -28,13 +32,35 @@ def merge_command(
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise RecipeError(f"output directory {out_dir} is not empty; choose another or pass --overwrite")
     recipe.validate_for(None)  # cheap checks before any model is read
+    fisher_files = None
+    if recipe.method == "fisher":  # estimates before the merger: estimating loads each model once more
+        from automerge.fisher import resolve_fisher
+
+        given = _fisher_options(fisher)
+        fisher_files = resolve_fisher(recipe, given=given, cache_dir=fisher_cache, device=str(pick_device(device)),
+                                      where=str(recipe_path))
+        # The recipe saved with the model names the files --fisher gave, so that it reproduces the model.
+        recipe = recipe.model_copy(update={"models": [
+            m.model_copy(update={"fisher": str(given[m.name].resolve())}) if m.name in given else m
+            for m in recipe.models]})
     # linear needs no base; the first model then serves as the reference its task vectors start from.
     merger = ResidentMerger(
-        base=recipe.base or recipe.models[0].path, specialists={m.name: m.path for m in recipe.models}, device=device, dtype="float32"
+        base=recipe.base or recipe.models[0].path, specialists={m.name: m.path for m in recipe.models}, device=device,
+        dtype="float32", fisher=fisher_files,
     )
     merger.apply(recipe)
     merger.save(out_dir, dtype=out_dtype, metadata={"automerge_recipe": recipe.to_yaml()}, overwrite=overwrite)
     typer.echo(f"merged {recipe.method} of {', '.join(m.name for m in recipe.models)} -> {out_dir}")
+
+
+def _fisher_options(values: list[str]) -> dict[str, Path]:
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise RecipeError(f"--fisher {v!r}: write NAME=FILE.safetensors (NAME: a model name in the recipe)")
+        out[name] = Path(path)
+    return out
 
 
 def register(app: typer.Typer) -> None:

@@ -20,6 +20,9 @@ themselves, then ``default``.
 
 A Recipe exports to a mergekit YAML that makes mergekit compute the same tensors: group
 values become per-layer / per-tensor ``filter`` lists (first match wins), never gradients.
+A mergekit YAML imports (gradients, filters and full-range slices resolved per tensor as
+mergekit does) through `automerge.mergekit_config`; a block's norms may then hold their own
+value (``blockN.attn.norm``, ``blockN.mlp.norm``, with split_attn_mlp).
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from automerge.errors import RecipeError
 from automerge.files import write_text as write_text_atomic
-from automerge.layers import LayerGrouping, layer_index
+from automerge.layers import LayerGrouping, is_block_norm, is_head_norm, layer_index
 
 GroupValue = Union[float, dict[str, float]]
 ParamValue = Union[bool, float, dict[str, float]]
 
 _GROUP_KEY = re.compile(r"^(embed|head|attn|mlp|default|block\d+|block\d+\.(attn|mlp))$")
+# Norm tensors may take their own value: a block's (split_attn_mlp only) blockN.attn.norm, mlp.norm, ...;
+# the final norm head.norm (apart from lm_head).
+_NORM_KEY = re.compile(r"^((block\d+\.)?(attn|mlp)|head)\.norm$")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -48,15 +54,20 @@ def _check_group_keys(where: str, value: Any) -> None:
         if not value:
             raise RecipeError(f"{where}: empty mapping; give a number or at least one layer group")
         for key in value:
-            if not _GROUP_KEY.match(str(key)):
+            if not (_GROUP_KEY.match(str(key)) or _NORM_KEY.match(str(key))):
                 raise RecipeError(
                     f"{where}: unknown layer group {key!r}; use embed, head, attn, mlp, default, "
-                    "blockN or blockN.attn / blockN.mlp"
+                    "blockN, blockN.attn / blockN.mlp, blockN.attn.norm / blockN.mlp.norm or head.norm"
                 )
 
 
 def lookup_keys(group: str) -> list[str]:
     """The keys a group-valued parameter is searched for, most specific first."""
+    if group == "head.norm":
+        return [group, "head", "default"]
+    if group.endswith(".norm"):  # blockN.attn.norm: the norm's own value, then its sublayer's
+        block, role, _ = group.split(".")
+        return [group, f"{block}.{role}", block, f"{role}.norm", role, "default"]
     if "." in group:
         block, role = group.split(".", 1)
         return [group, block, role, "default"]
@@ -76,6 +87,17 @@ def resolve_value(value: Any, group: str, *, where: str) -> Any:
     )
 
 
+class FisherData(BaseModel):
+    """Estimate a specialist's Fisher from a text sample (`automerge.fisher.cached_fisher`, cached)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str  # JSONL of {"text": ...} records, or a plain text file
+    max_tokens: int = Field(8192, ge=2)
+    seq_len: int = Field(512, ge=2)
+    batch_size: int = Field(1, ge=1)
+
+
 class ModelSpec(BaseModel):
     """One specialist of a merge: a name used in searches, a path and its per-model parameters."""
 
@@ -84,6 +106,8 @@ class ModelSpec(BaseModel):
     name: str
     path: str
     parameters: dict[str, GroupValue] = Field(default_factory=dict)
+    # method fisher only: an estimate file (`automerge fisher`), or the data to estimate it from
+    fisher: Union[str, FisherData, None] = None
 
 
 class Recipe(BaseModel):
@@ -129,12 +153,22 @@ class Recipe(BaseModel):
             )
         if method.needs_base and not self.base:
             raise RecipeError(f"method {self.method!r} needs a base model; set 'base:' in the recipe")
+        if not self.base and self._uses_base(method):
+            raise RecipeError(
+                f"method {self.method!r} with use_base: true works on task vectors and needs a base model; "
+                "set 'base:' in the recipe, or use_base: false to merge the models themselves"
+            )
         for name, value in self.parameters.items():
             _check_group_keys(f"parameters.{name}", value)
         for m in self.models:
             for name, value in m.parameters.items():
                 _check_group_keys(f"models[{m.name}].parameters.{name}", value)
-        groups = grouping.groups() if grouping is not None else ["default"]
+        if self.has_norm_values() and not self.split_attn_mlp:
+            raise RecipeError(
+                "a parameter gives block norms their own value (a '...norm' layer group); that needs "
+                "split_attn_mlp: true"
+            )
+        groups = self.groups(grouping) if grouping is not None else ["default"]
         if grouping is not None and grouping.num_groups != self.num_groups:
             raise RecipeError(
                 f"recipe has num_groups={self.num_groups} but was checked with {grouping.num_groups}"
@@ -142,6 +176,15 @@ class Recipe(BaseModel):
         for group in groups:
             params, per_model = self._resolve_group(group, lenient=grouping is None)
             method.check_params(params, per_model)
+
+    def _uses_base(self, method: Any) -> bool:
+        """Whether the merge reads the base: always for most methods; for the base-optional
+        ones (nuslerp, multislerp, karcher) as their use_base parameter says."""
+        if method.needs_base:
+            return True
+        if not any(p.name == "use_base" for p in method.params):
+            return False
+        return self.parameters.get("use_base", True) is not False
 
     def _resolve_group(self, group: str, *, lenient: bool = False) -> tuple[dict, list[dict]]:
         def one(value: Any, where: str) -> Any:
@@ -159,7 +202,35 @@ class Recipe(BaseModel):
 
     def resolve(self, tensor_name: str, grouping: LayerGrouping) -> tuple[dict, list[dict]]:
         """Concrete global and per-model parameters for one tensor (defaults not filled)."""
-        return self._resolve_group(grouping.group_of(tensor_name))
+        return self._resolve_group(self.tensor_group(tensor_name, grouping))
+
+    def _norm_keys(self) -> set[str]:
+        values = list(self.parameters.values()) + [v for m in self.models for v in m.parameters.values()]
+        return {str(k) for v in values if isinstance(v, dict) for k in v if _NORM_KEY.match(str(k))}
+
+    def has_norm_values(self) -> bool:
+        """Whether a parameter gives block norms their own value (``blockN.attn.norm`` keys)."""
+        return any(k != "head.norm" for k in self._norm_keys())
+
+    def tensor_group(self, tensor_name: str, grouping: LayerGrouping) -> str:
+        """The group a tensor's values are looked up for: its layer group, or ``<group>.norm``
+        for a norm when the recipe gives norms their own values."""
+        group = grouping.group_of(tensor_name)
+        if group == "head":
+            return "head.norm" if is_head_norm(tensor_name) and "head.norm" in self._norm_keys() else group
+        if grouping.split_attn_mlp and is_block_norm(tensor_name) and self.has_norm_values():
+            return f"{group}.norm"
+        return group
+
+    def groups(self, grouping: LayerGrouping) -> list[str]:
+        """Every group `tensor_group` can return for this grouping, in model order."""
+        blocks = grouping.split_attn_mlp and self.has_norm_values()
+        out = []
+        for g in grouping.groups():
+            out.append(g)
+            if (g == "head" and "head.norm" in self._norm_keys()) or (blocks and g != "embed" and g != "head"):
+                out.append(f"{g}.norm")
+        return out
 
     def grouping(self, num_layers: int) -> LayerGrouping:
         if self.num_groups > num_layers:
@@ -174,7 +245,11 @@ class Recipe(BaseModel):
     # -- YAML ----------------------------------------------------------------------------
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        data = self.model_dump(mode="json")
+        for m in data["models"]:  # no `fisher: null` on every model of every other method
+            if m.get("fisher") is None:
+                m.pop("fisher", None)
+        return yaml.safe_dump(data, sort_keys=False)
 
     def save(self, path: str | Path) -> Path:
         return write_text_atomic(Path(path), self.to_yaml())
@@ -201,7 +276,23 @@ class Recipe(BaseModel):
         path = Path(path)
         if not path.is_file():
             raise RecipeError(f"recipe file {path} does not exist")
-        return cls.from_yaml(path.read_text(), source=str(path))
+        return cls.from_yaml(path.read_text(), source=str(path)).with_fisher_paths_from(path.parent)
+
+    def with_fisher_paths_from(self, directory: str | Path) -> "Recipe":
+        """The same recipe with relative Fisher paths (files and data) made absolute against
+        `directory` (a recipe file's own directory: `fisher:` paths are relative to the recipe)."""
+        def absolute(p: str) -> str:
+            return p if Path(p).is_absolute() else str((Path(directory) / p).resolve())
+
+        models = []
+        for m in self.models:
+            f = m.fisher
+            if isinstance(f, str):
+                f = absolute(f)
+            elif isinstance(f, FisherData):
+                f = f.model_copy(update={"data": absolute(f.data)})
+            models.append(m.model_copy(update={"fisher": f}))
+        return self.model_copy(update={"models": models})
 
     # -- mergekit ------------------------------------------------------------------------
 
@@ -217,7 +308,7 @@ class Recipe(BaseModel):
         def setting(value: Any) -> Any:
             if not isinstance(value, dict):
                 return value
-            per_tensor = {n: resolve_value(value, grouping.group_of(n), where="export") for n in names}
+            per_tensor = {n: resolve_value(value, self.tensor_group(n, grouping), where="export") for n in names}
             return _filters(per_tensor)
 
         models = []
@@ -230,47 +321,31 @@ class Recipe(BaseModel):
                 entry["parameters"] = {k: setting(v) for k, v in m.parameters.items()}
             models.append(entry)
         config: dict[str, Any] = {"merge_method": method.mergekit_name, "models": models}
-        if self.base is not None and method.needs_base:
-            # mergekit's linear would treat a base_model as one more input needing a weight.
+        if self.base is not None and self._uses_base(method):
+            # mergekit's linear would treat a base_model as one more input needing a weight;
+            # nuslerp, multislerp and karcher use the base exactly when base_model is set.
             config["base_model"] = self.base
-        if self.parameters:
-            config["parameters"] = {k: setting(v) for k, v in self.parameters.items()}
+        exported = {k: v for k, v in self.parameters.items() if k != "use_base"}
+        if exported:
+            config["parameters"] = {k: setting(v) for k, v in exported.items()}
         config["dtype"] = "float32"
         config["out_dtype"] = self.dtype
         return config
 
     @classmethod
     def from_mergekit(cls, data: Mapping[str, Any], *, source: str = "mergekit config") -> "Recipe":
-        """Import the part of mergekit's format that maps onto a Recipe; refuse the rest by name."""
+        """Import a mergekit config that describes one tensor-wise merge, resolving gradients,
+        filters and slices per tensor as mergekit does (automerge/mergekit_config.py); refuse
+        the rest by name, with the reason."""
+        from automerge.mergekit_config import import_mergekit
         from automerge.methods import METHODS
 
-        for key in ("slices", "modules", "tokenizer_source", "tokenizer", "chat_template"):
-            if data.get(key):
-                raise RecipeError(f"{source}: mergekit key {key!r} is not supported by automerge; remove it")
         by_mergekit = {m.mergekit_name: m.name for m in METHODS.values() if m.mergekit_name}
-        mk_method = data.get("merge_method")
-        if mk_method not in by_mergekit:
-            raise RecipeError(
-                f"{source}: merge_method {mk_method!r} has no automerge equivalent; "
-                f"supported: {', '.join(sorted(by_mergekit))}"
-            )
-        method = by_mergekit[mk_method]
-        base = data.get("base_model")
-        base = _model_path(base) if base is not None else None
-        models = []
-        for i, entry in enumerate(data.get("models") or []):
-            path = _lora_path(entry.get("model"), base, f"{source}: models[{i}].model") or _model_path(entry.get("model"))
-            if path == base:
-                continue  # the base appears among mergekit's models for slerp and some others
-            params = {k: _group_value(v, f"{source}: models[{i}].parameters.{k}")
-                      for k, v in (entry.get("parameters") or {}).items()}
-            models.append(ModelSpec(name=_unique_name(path, models), path=path, parameters=params))
-        global_params = {k: _group_value(v, f"{source}: parameters.{k}")
-                         for k, v in (data.get("parameters") or {}).items() if k != "int8_mask"}
-        dtype = data.get("out_dtype") or data.get("dtype") or "float32"
-        if dtype not in DTYPES:
-            raise RecipeError(f"{source}: dtype {dtype!r} not supported; use one of {', '.join(DTYPES)}")
-        return cls(method=method, base=base, models=models, parameters=global_params, dtype=dtype)
+        fields = import_mergekit(data, source=source, method_names=by_mergekit)
+        if fields["dtype"] not in DTYPES:
+            raise RecipeError(f"{source}: dtype {fields['dtype']!r} not supported; use one of {', '.join(DTYPES)}")
+        fields["models"] = [ModelSpec(**m) for m in fields["models"]]
+        return cls.from_dict(fields, source=source)
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -294,16 +369,6 @@ def _parse_yaml(text: str, source: str) -> dict:
     return data
 
 
-def _model_path(ref: Any) -> str:
-    if isinstance(ref, dict):  # mergekit's {model: path, lora: ...} form
-        if ref.get("lora"):
-            raise RecipeError("mergekit LoRA model references are not supported; merge the LoRA first")
-        ref = ref.get("model") or ref.get("path")
-    if not isinstance(ref, str):
-        raise RecipeError(f"mergekit model reference {ref!r} is not a path")
-    return ref
-
-
 def _mergekit_model_ref(path: str, base: str | None) -> str:
     """How mergekit names a specialist: a LoRA adapter as `BASE+ADAPTER` (mergekit merges it into the
     base on load: the same task vector up to the base dtype's rounding); a state dict it cannot read."""
@@ -324,50 +389,6 @@ def _mergekit_model_ref(path: str, base: str | None) -> str:
             raise RecipeError(f"LoRA adapter {path!r} needs the recipe's base for mergekit's BASE+ADAPTER reference")
         return f"{base}+{path}"
     return path
-
-
-def _lora_path(ref: Any, base: str | None, where: str) -> str | None:
-    """The adapter path of a mergekit `MODEL+LORA` reference on the merge's base, None for plain models."""
-    if isinstance(ref, dict) and ref.get("lora"):
-        model, lora = ref.get("model"), ref.get("lora")
-        model = model.get("path") if isinstance(model, dict) else model
-        lora = lora.get("path") if isinstance(lora, dict) else lora
-    elif isinstance(ref, str) and "+" in ref:
-        model, lora = ref.split("+", 1)
-    else:
-        return None
-    if model != base:
-        raise RecipeError(f"{where}: LoRA {lora!r} is applied to {model!r}, not to base_model {base!r}; automerge "
-                          "reads an adapter against the merge's base: merge the LoRA into its model first")
-    return str(lora)
-
-
-def _unique_name(path: str, taken: Sequence[ModelSpec]) -> str:
-    stem = Path(path.rstrip("/")).name.replace("zoo:", "") or "model"
-    stem = stem.split(":")[-1]
-    names = {m.name for m in taken}
-    name, i = stem, 2
-    while name in names:
-        name, i = f"{stem}-{i}", i + 1
-    return name
-
-
-_LAYER_FILTER = re.compile(r"^(?P<prefix>.*?\.)(?P<index>\d+)\.$")
-
-
-def _group_value(value: Any, where: str) -> Any:
-    """A mergekit setting that is a scalar or a filter list made by `_filters` (or equivalent)."""
-    if isinstance(value, (bool, int, float)):
-        return value
-    if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
-        raise RecipeError(
-            f"{where}: gradients (lists of numbers interpolated over layers) do not map onto layer "
-            "groups; use per-layer filters or a scalar"
-        )
-    raise RecipeError(
-        f"{where}: only scalar values import; per-tensor filters do not map back onto layer groups "
-        "uniquely — keep the automerge recipe (automerge export --recipe) alongside the mergekit YAML"
-    )
 
 
 def _filters(per_tensor: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -43,6 +43,19 @@ CASES = {
                                                                  "density": 0.5}),
     "model_stock": dict(parameters={}, a={}, b={}),
     "slerp": dict(parameters={"t": {"block0": 0.2, "block1.attn": 0.7, "default": 0.45}}, a={}, b=None),
+    "nuslerp": dict(parameters={}, a={"weight": WEIGHT_A}, b={"weight": WEIGHT_B}),
+    "nuslerp_rows_no_base": dict(method="nuslerp", parameters={"nuslerp_flatten": False, "use_base": False},
+                                 a={"weight": WEIGHT_A}, b={"weight": 0.5}),
+    "nuslerp_columns": dict(method="nuslerp", parameters={"nuslerp_flatten": False, "nuslerp_row_wise": True},
+                            a={"weight": 0.3}, b={"weight": WEIGHT_B}),
+    "multislerp": dict(parameters={}, a={"weight": WEIGHT_A}, b={"weight": WEIGHT_B}),
+    "multislerp_no_base": dict(method="multislerp", parameters={"use_base": False},
+                               a={"weight": WEIGHT_A}, b={"weight": WEIGHT_B}),
+    "karcher": dict(parameters={"max_iter": 20}, a={}, b={}),
+    "karcher_no_base": dict(method="karcher", parameters={"use_base": False}, a={}, b={}),
+    "sce": dict(parameters={"select_topk": {"block0": 0.3, "default": 0.7}}, a={}, b={}),
+    "arcee_fusion": dict(parameters={}, a={}, b=None),
+    "nearswap": dict(parameters={"t": {"embed": 0.01, "default": 0.03}}, a={}, b=None),
 }
 
 

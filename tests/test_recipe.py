@@ -100,7 +100,8 @@ def test_mergekit_import_scalars(tmp_path):
     ({"merge_method": "passthrough", "models": [{"model": "/a"}]}, "passthrough"),
     ({"merge_method": "ties", "slices": [{"sources": []}], "models": []}, "slices"),
     ({"merge_method": "ties", "base_model": "/b",
-      "models": [{"model": "/a", "parameters": {"weight": [0.1, 0.9]}}]}, "gradients"),
+      "models": [{"model": "/a", "parameters": {"weight": [0.1, 0.9]}}]},
+     "gradients, filters and slices are resolved per tensor, which needs the model's tensor names"),
 ])
 def test_mergekit_import_refuses_by_name(cfg, named):
     with pytest.raises(RecipeError, match=named):

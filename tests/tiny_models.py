@@ -257,3 +257,14 @@ def save_tiny_model(
     # leaves a tied lm_head out.
     model.save_pretrained(str(out_dir), max_shard_size=shard_bytes or 2**40)
     return out_dir
+
+
+def save_tiny_family(root: str | Path, names: tuple[str, ...] = ("code", "lang"), *, noise: float = 0.2,
+                     num_layers: int = 2, hidden: int = 16) -> dict[str, Path]:
+    """A tiny llama base under root/base and one noisy specialist per name: {"base": .., name: ..}."""
+    root = Path(root)
+    base = save_tiny_model(root / "base", arch="llama", seed=0, num_layers=num_layers, hidden=hidden)
+    out = {"base": base}
+    for i, name in enumerate(names, start=1):
+        out[name] = save_tiny_model(root / name, base=base, seed=i, noise=noise)
+    return out

@@ -44,6 +44,11 @@ class TaskResult:
     metrics: dict[str, float]
     domain: str            # "nl" | "code"
     failed: str | None = None   # why the model broke (NaN logits, ...); None when fine
+    # Per item, in the task's fixed order (proxy tasks): the score is a pooled ratio
+    # Σ item_num / Σ item_den — log-prob sum / continuation tokens (ll), correct 0/1 / 1 (mc) —
+    # through the metric's link (token_prob = exp). None where a task has no per-item form.
+    item_num: tuple[float, ...] | None = None
+    item_den: tuple[float, ...] | None = None
 
 
 def available_tasks() -> dict[str, str]:
@@ -230,10 +235,13 @@ class Evaluator:
             p = self._prepared[t]
             if spec.kind == "mc":
                 metrics = _mc_metrics(lls, p.items[:n], p.cont_chars[:n])
+                num, den = _mc_items(lls, p.items[:n], p.cont_chars[:n], spec.metric), None
             else:
                 metrics = _ll_metrics(lls, cont_tok[s:e])
+                num, den = lls, cont_tok[s:e]   # one request per item
             out[t] = TaskResult(task=t, metric=spec.metric, score=float(metrics[spec.metric]), n=n,
-                                metrics=metrics, domain=spec.domain)
+                                metrics=metrics, domain=spec.domain, item_num=tuple(float(x) for x in num),
+                                item_den=tuple(float(x) for x in (den if den is not None else [1.0] * n)))
         return out
 
     @staticmethod
@@ -370,6 +378,23 @@ def _mc_metrics(lls: np.ndarray, items: Sequence[dict], cont_chars: Sequence[Seq
         pc += float(np.exp(z[g]) / np.exp(z).sum())
     n = max(len(items), 1)
     return {"acc": acc / n, "acc_norm": accn / n, "p_correct": pc / n}
+
+
+def _mc_items(lls: np.ndarray, items: Sequence[dict], cont_chars: Sequence[Sequence[int]], metric: str) -> list[float]:
+    """Per item, the value `_mc_metrics` averages for ``metric`` (acc, acc_norm or p_correct)."""
+    out, pos = [], 0
+    for it, chars in zip(items, cont_chars):
+        v = lls[pos:pos + len(chars)]
+        pos += len(chars)
+        g = int(it["gold"])
+        if metric == "acc":
+            out.append(float(np.argmax(v) == g))
+        elif metric == "acc_norm":
+            out.append(float(np.argmax(v / np.asarray(chars, dtype=np.float64)) == g))
+        else:
+            z = v - v.max()
+            out.append(float(np.exp(z[g]) / np.exp(z).sum()))
+    return out
 
 
 def _ll_metrics(lls: np.ndarray, n_tokens: np.ndarray) -> dict[str, float]:

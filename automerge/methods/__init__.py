@@ -12,7 +12,10 @@ from ._linear import linear
 from ._model_stock import model_stock
 from ._noise import random_noise, stable_seed
 from ._registry import METHODS, REQUIRED, MergeMethod, Param, get_method
+from ._sce import sce, sce_mask
 from ._slerp import slerp
+from ._spherical import karcher, multislerp, nuslerp, nuslerp_t
+from ._swap import arcee_fusion, fusion_importance, nearswap
 from ._sparsify import (
     RESCALE_MODES,
     breadcrumbs_counts,
@@ -50,4 +53,6 @@ __all__ = [
     "consensus_combine", "sum_combine", "generalized_task_arithmetic",
     "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties",
     "della", "della_linear", "linear", "slerp", "model_stock", "fisher_merge", "fisher",
+    "nuslerp", "nuslerp_t", "multislerp", "karcher", "sce", "sce_mask", "arcee_fusion", "fusion_importance",
+    "nearswap",
 ]

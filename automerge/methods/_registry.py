@@ -28,7 +28,10 @@ from ..errors import RecipeError
 from ._fisher import fisher_merge
 from ._linear import linear
 from ._model_stock import model_stock
+from ._sce import sce
 from ._slerp import slerp
+from ._spherical import karcher, multislerp, nuslerp, nuslerp_t
+from ._swap import arcee_fusion, nearswap
 from ._sparsify import RESCALE_MODES, check_della
 from ._task_arithmetic import (
     breadcrumbs,
@@ -111,6 +114,8 @@ class Param:
         wanted = numbers.Integral if self.type is int else numbers.Real
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
+        if self.type is int and isinstance(value, float) and value.is_integer():
+            value = int(value)  # recipes store numbers as floats (max_iter: 20 -> 20.0)
         if isinstance(value, bool) or not isinstance(value, wanted) or not self.in_range(float(value)):
             raise bad()
         return self.type(value)
@@ -176,7 +181,8 @@ class MergeMethod:
         if k < self.min_models or (self.max_models is not None and k > self.max_models):
             raise RecipeError(
                 f"{self.name} merges the base with {self._count_text()} specialist model(s); got {k}"
-                + (" (the base is slerp's t=0 end, the specialist its t=1 end)" if self.name == "slerp" else "")
+                + (" (the base is slerp's t=0 end, the specialist its t=1 end; to slerp two specialists over "
+                   "the base use nuslerp, more of them multislerp)" if self.name == "slerp" else "")
             )
         known_global = {p.name for p in self.global_params}
         known_model = {p.name for p in self.model_params}
@@ -358,6 +364,54 @@ def _fisher_merge(base, deltas, g, m, noise, fisher):
     return fisher_merge(base, deltas, fisher=fisher, weights=m["weight"], floor=g["fisher_floor"])
 
 
+def _nuslerp_merge(base, deltas, g, m, noise, fisher):
+    t = nuslerp_t(m["weight"])
+    b = base.to(torch.float32)
+    if g["use_base"]:  # slerp between the two task vectors, then add the base back
+        v0, v1 = deltas[0].to(torch.float32), deltas[1].to(torch.float32)
+        return (b + nuslerp(v0, v1, t=t, row_wise=g["nuslerp_row_wise"], flatten=g["nuslerp_flatten"])).to(base.dtype)
+    x0, x1 = b + deltas[0].to(torch.float32), b + deltas[1].to(torch.float32)
+    return nuslerp(x0, x1, t=t, row_wise=g["nuslerp_row_wise"], flatten=g["nuslerp_flatten"]).to(base.dtype)
+
+
+def _multislerp_merge(base, deltas, g, m, noise, fisher):
+    b = base.to(torch.float32)
+    d = deltas.to(torch.float32)
+    if deltas.shape[0] == 1:  # mergekit returns the one model as it is
+        return (b + d[0]).to(base.dtype)
+    points = d if g["use_base"] else b + d
+    out = multislerp(points, weights=m["weight"], normalize_weights=g["normalize_weights"], eps=g["eps"])
+    return (b + out if g["use_base"] else out).to(base.dtype)
+
+
+def _karcher_merge(base, deltas, g, m, noise, fisher):
+    b = base.to(torch.float32)
+    # mergekit's order: the listed models, then base_model when it is set.
+    inputs = [b + d for d in deltas.to(torch.float32)] + ([b] if g["use_base"] else [])
+    return karcher(inputs, max_iter=g["max_iter"], tol=g["tol"]).to(base.dtype)
+
+
+def _sce_merge(base, deltas, g, m, noise, fisher):
+    return sce(base, deltas, select_topk=g["select_topk"])
+
+
+def _arcee_fusion_merge(base, deltas, g, m, noise, fisher):
+    return arcee_fusion(base, base.to(torch.float32) + deltas[0].to(torch.float32))
+
+
+def _nearswap_merge(base, deltas, g, m, noise, fisher):
+    return nearswap(base, base.to(torch.float32) + deltas[0].to(torch.float32), t=g["t"])
+
+
+def _nonzero_multislerp_sum(method: str, g: dict, rows: list[dict], names: list[str]) -> None:
+    if g["normalize_weights"] and len(rows) > 1:
+        _nonzero_weight_sum(method, {"normalize": True}, rows, names)
+
+
+def _use_base(doc: str) -> Param:
+    return Param("use_base", bool, True, doc=doc)
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -424,6 +478,60 @@ _ALL = [
         min_models=1, max_models=None, random=False, mergekit_name=None, needs_fisher=True,
         doc="Fisher-weighted average (Matena & Raffel 2022)", merge=_fisher_merge,
         extra_check=_nonzero_weight_sum,
+    ),
+    MergeMethod(
+        name="nuslerp",
+        params=(_weight(),
+                Param("nuslerp_flatten", bool, True, doc="one arc for the whole tensor (false: per row or column)"),
+                Param("nuslerp_row_wise", bool, False,
+                      doc="without flattening: slerp each column (along dim 0) instead of each row"),
+                _use_base("true: slerp the two task vectors and add the base (mergekit with base_model); "
+                          "false: slerp the two models themselves (mergekit without base_model)")),
+        min_models=2, max_models=2, random=False, mergekit_name="nuslerp", needs_base=False,
+        doc="slerp between two specialists at t = w2 / (w1 + w2), optionally about the base (NuSLERP)",
+        merge=_nuslerp_merge,
+    ),
+    MergeMethod(
+        name="multislerp",
+        params=(_weight(),
+                Param("normalize_weights", bool, True, doc="divide the weights by their sum"),
+                Param("eps", float, 1e-8, low=0, low_inclusive=False, high=1e-2,
+                      doc="numerical floor on norms"),
+                _use_base("true: interpolate the task vectors and add the base (mergekit with base_model); "
+                          "false: interpolate the models themselves")),
+        min_models=1, max_models=None, random=False, mergekit_name="multislerp", needs_base=False,
+        doc="barycentric interpolation on the hypersphere of any number of specialists (Multi-SLERP)",
+        merge=_multislerp_merge, extra_check=_nonzero_multislerp_sum,
+    ),
+    MergeMethod(
+        name="karcher",
+        params=(Param("max_iter", int, 10, low=1, high=1000, doc="iterations of the Riemannian mean"),
+                Param("tol", float, 1e-5, low=0, low_inclusive=False, high=1, doc="convergence tolerance"),
+                _use_base("true: the base is one more averaged model (mergekit with base_model); "
+                          "false: average the specialists only")),
+        min_models=1, max_models=None, random=False, mergekit_name="karcher", needs_base=False,
+        doc="equal-weight Karcher mean of the models on the hypersphere, scaled by their mean norm",
+        merge=_karcher_merge,
+    ),
+    MergeMethod(
+        name="sce",
+        params=(Param("select_topk", float, 1.0, low=0, high=1,
+                      doc="fraction of entries kept, those varying most across the specialists"),),
+        min_models=1, max_models=None, random=False, mergekit_name="sce",
+        doc="select by variance, weight by task-vector energy, erase minority signs (SCE)",
+        merge=_sce_merge,
+    ),
+    MergeMethod(
+        name="arcee_fusion", params=(), min_models=1, max_models=1, random=False, mergekit_name="arcee_fusion",
+        doc="keep the specialist's entries whose change-times-KL importance is an outlier (Arcee Fusion)",
+        merge=_arcee_fusion_merge,
+    ),
+    MergeMethod(
+        name="nearswap",
+        params=(Param("t", float, REQUIRED, low=0,
+                      doc="entries within t of the base take the specialist's value, farther ones move by t"),),
+        min_models=1, max_models=1, random=False, mergekit_name="nearswap",
+        doc="take the specialist's value where it is near the base (NearSwap)", merge=_nearswap_merge,
     ),
 ]
 

@@ -51,6 +51,7 @@ def pareto_command(
 
 
 def _print_table(data, label, table, specs) -> None:
+    import pandas as pd
     from rich.console import Console
     from rich.table import Table
 
@@ -61,14 +62,21 @@ def _print_table(data, label, table, specs) -> None:
     n_front = int(table["on_front"].sum())
     title = f"{data.name} · rung {label} · {n_done} completed trials · front of {n_front} (then baselines, references)"
     t = Table(title=title, header_style="bold")
+    unit_cols = {o: next((c for c in table.columns if c.startswith(f"{o} [")), None) for o in data.objectives}
+    vs_cols = [c for c in table.columns if c.startswith("vs:")][:1]  # the best baseline; all in --csv / report
     cols = ["trial", "kind", "label", "method", "params", *data.objectives,
-            *[f"retention:{s.name}" for s in specs], "dominates"]
+            *[f"retention:{s.name}" for s in specs], "dominates", *vs_cols]
     for c in cols:
-        header = {"params": "key parameters", "dominates": "dominates / dominated by"}.get(c, c)
+        header = {"params": "key parameters", "dominates": "dominates / dominated by (beyond the noise)"}.get(c, c)
         header = header.replace("retention:", "ret. vs ")
+        if c in vs_cols:
+            header = f"vs {c[3:]} (best baseline): gain ±95% CI"
+        if c in data.objectives and unit_cols[c] and "[score]" not in unit_cols[c]:
+            unit = unit_cols[c][len(c) + 2:-1]
+            header = f"{c} ({'loss, nats/tok' if unit == 'nats/token' else unit}) ±95%"  # no [..]: rich markup
         numeric = c in data.objectives or c.startswith("retention:")
         t.add_column(header, justify="right" if numeric else "left", overflow="fold",
-                     max_width=70 if c == "params" else (40 if c == "dominates" else None))
+                     max_width=70 if c == "params" else (40 if c == "dominates" or c in vs_cols else None))
     prev_front = True
     for _, r in table.iterrows():
         if prev_front and not r["on_front"]:
@@ -76,7 +84,13 @@ def _print_table(data, label, table, specs) -> None:
         prev_front = bool(r["on_front"])
         cells = [f"#{r['trial']}", r["kind"] + (" ★" if r["on_front"] else ""), r["label"] or "", r["method"] or "",
                  r["params"]]
-        cells += [f"{r[o]:#.4g}" for o in data.objectives]
+        for o in data.objectives:
+            col = unit_cols[o]
+            if col and "[score]" not in col and not pd.isna(r[col]):
+                err = r[f"±{o}"]
+                cells.append(f"{r[col]:.4f}" + ("" if pd.isna(err) else f" ± {err:.3f}"))
+            else:
+                cells.append(f"{r[o]:#.4g}")
         for s in specs:
             v = r[f"retention:{s.name}"]
             cells.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%")
@@ -84,6 +98,7 @@ def _print_table(data, label, table, specs) -> None:
             cells.append(r["dominates"])
         else:
             cells.append(f"by {r['dominated_by']}" if r["dominated_by"] else "not dominated by the front")
+        cells += ["" if pd.isna(r[c]) else r[c] for c in vs_cols]
         t.add_row(*[str(c) for c in cells], style=None if r["on_front"] else "dim")
     console.print(t)
     if specs:

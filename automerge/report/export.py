@@ -70,6 +70,18 @@ def mergekit_config(recipe: Recipe) -> dict:
     return full.to_mergekit(ckpt.names, full.grouping(ckpt.num_layers))
 
 
+def study_fisher_files(data: StudyData, recipe: Recipe) -> Recipe:
+    """A Fisher trial's recipe naming estimate files this machine can read: a file its worker wrote
+    elsewhere is looked for under results/<study>/fisher/ (same name, same bytes)."""
+    if recipe.method != "fisher":
+        return recipe
+    from automerge.fisher import reachable_fisher
+
+    here = {m.name: data.study_dir / "fisher" / Path(m.fisher).name for m in recipe.models
+            if isinstance(m.fisher, str) and (data.study_dir / "fisher" / Path(m.fisher).name).is_file()}
+    return reachable_fisher(recipe, here)
+
+
 def _scores_of(data: StudyData, row: pd.Series) -> dict[str, float]:
     out = {o: float(row[o]) for o in data.objectives}
     for c in data.score_columns():
@@ -209,6 +221,13 @@ def export_trial(
     targets = {k: Path(v) for k, v in (("recipe", recipe), ("mergekit", mergekit), ("model", model)) if v}
     if not targets:
         raise AutomergeError("nothing to export: give --recipe FILE, --mergekit FILE and/or --model OUT_DIR")
+    from automerge.methods import get_method
+
+    if "mergekit" in targets and get_method(rec.method).mergekit_name is None:
+        raise AutomergeError(f"mergekit has no {rec.method!r} merge method, so trial {int(row['trial'])} cannot be a "
+                             "mergekit YAML (nothing written); export it with --recipe FILE (reproduce it with "
+                             "`automerge merge FILE OUT_DIR`) or --model OUT_DIR")
+    rec = study_fisher_files(data, rec)
     for kind, path in targets.items():
         _check_target(path, overwrite, {"model": "output directory"}.get(kind, "file"))
     out: dict[str, Path] = {}

@@ -68,7 +68,7 @@ def write_report(data: StudyData, out_dir: str | Path | None = None, *, task_vec
 
 
 def trials_csv(data: StudyData) -> str:
-    return data.trials.drop(columns=["recipe"], errors="ignore").to_csv(index=False)
+    return data.trials.drop(columns=["recipe", "item_scores"], errors="ignore").to_csv(index=False)
 
 
 # -- figures ------------------------------------------------------------------------------------
@@ -286,6 +286,25 @@ def _png_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
+def _rung_size_section(data: StudyData) -> list[str]:
+    """What each rung's items can tell apart (automerge.report.errorbars.rung_sizes)."""
+    from automerge.report.errorbars import rung_sizes
+
+    sizes = rung_sizes(data)
+    if sizes.empty:
+        return []
+    return [
+        "<h2>Rung sizes: what the items can tell apart</h2>",
+        "<p class='note'>From this study's trials as calibration merges: per rung and objective, the paired "
+        "standard error of the difference between two trials (median over all pairs of the rung's trials), the "
+        "95 % half-width it gives at the rung's items per task, the per-item SD it implies, and the items per "
+        "task a rung would need for a 95 % half-width of 0.01 or 0.003 (nats/token for log-likelihood "
+        "objectives). Differences smaller than a rung's half-width are noise at that rung; set "
+        "<code>rungs.items</code> accordingly.</p>",
+        f"<div class='scroll'>{html_table(sizes, 'rung-sizes')}</div>",
+    ]
+
+
 def render(data: StudyData, *, table: pd.DataFrame, importances: pd.DataFrame, pngs: dict[str, Path],
            extra_sections: list[str] = ()) -> str:
     import plotly.offline
@@ -327,11 +346,16 @@ def render(data: StudyData, *, table: pd.DataFrame, importances: pd.DataFrame, p
     parts += [
         f"<h3>Front of rung {html.escape(top)} with baselines and references</h3>",
         "<p class='note'>retention:S = score on specialist S's own domain ÷ S's score there (same rung). "
-        "<code>dominates</code>: the baselines/references the trial Pareto-dominates.</p>",
+        "<code>dominates</code>: the baselines/references the trial dominates beyond the noise (paired 95 % CI "
+        "excludes zero in its favour on one objective, against it on none). <code>OBJ [unit]</code> and "
+        "<code>±OBJ</code>: the objective in user units (a loss in nats/token for log-likelihood objectives, lower "
+        "is better) with its 95 % error bar. <code>vs:B</code>: verdict against B (the best baseline, each "
+        "specialist) and the gain per objective ± paired 95 % CI (positive = better for the trial).</p>",
         f"<div class='scroll'>{html_table(table, 'pareto-table', percent=retention_cols or ('retention:',))}</div>",
         "<p class='note'>Export one: <code>automerge export "
         f"{html.escape(data.name)} --pick knee --model out/merged</code> (or --trial N, --pick "
         f"{'|'.join('best-' + html.escape(o) for o in data.objectives)}).</p>",
+        *_rung_size_section(data),
         "<h2>Hypervolume against time and compute</h2>",
         "<p class='note'>Hypervolume of each rung's front of search trials after each completion. Reference "
         "point per rung: just worse than every completed trial there (baselines included), so a curve only "

@@ -8,8 +8,17 @@ Which trials are on the front: the non-dominated *search* trials of the rung (th
 the scheduler promotes from; `automerge.search.pareto` does the sorting). Baselines (the
 base model, each specialist alone, simple merges the search enqueues) and reference models
 (e.g. the data-mix model) are shown below the front and marked by ``kind``; the ``dominates``
-column of a front trial names the baselines/references it Pareto-dominates, and
-``dominated_by`` of a baseline names the front trials that dominate it.
+column of a front trial names the baselines/references it dominates *beyond the noise* (the
+paired 95 % CI excludes zero in its favour on one objective and against it on none, see
+`automerge.report.errorbars`; by the point values for a study stored without per-item
+scores), and ``dominated_by`` of a baseline names the front trials that dominate it.
+
+Error bars: ``<objective> [unit]`` is the objective in units a user knows (a loss in
+nats/token for log-likelihood objectives, lower is better; else the metric) and
+``±<objective>`` its 95 % half-width (1.96 SE, delta method over the items). ``vs:<label>``
+(front trials) compares the trial with the best baseline and with each specialist: the verdict
+(dominates / dominated / trade-off / indistinguishable) and the gain per objective ± its paired
+95 % CI (positive = better for the trial).
 
 Retention: for every specialist baseline S of the rung, ``retention:S`` = the trial's score on
 S's own domain objective ÷ S's score on it (for a minimised objective the ratio is inverted,
@@ -213,23 +222,38 @@ def retention(data: StudyData, row: pd.Series, spec: Specialist) -> float:
 
 def pareto_table(data: StudyData, rung: str | int | None = None) -> pd.DataFrame:
     """Front trials then baselines then references of one rung (see the module doc for columns)."""
+    from automerge.report.errorbars import ci_dominates, compare, display_value, yardsticks
+
     label = data.rung_label(rung)
     df = data.rung(label)
     fr = front(data, label)
     yard = df[df["kind"].isin(["baseline", "reference"])]
     yard = pd.concat([_sort_by_objective(data, yard[yard["kind"] == k]) for k in ("baseline", "reference")])
     specs = specialists(data, label)
-    Yf = minimization(data, fr)
-    Yy = minimization(data, yard)
+    sticks = [(role, r) for role, r in yardsticks(data, label) if role != "reference"]
+    beats = {(i, j): ci_dominates(data, r, b, label)
+             for i, (_, r) in enumerate(fr.iterrows()) for j, (_, b) in enumerate(yard.iterrows())}
     rows = []
     for i, (_, r) in enumerate(fr.iterrows()):
-        beaten = [display_label(b) for j, (_, b) in enumerate(yard.iterrows()) if dominates(Yf[i], Yy[j])]
-        rows.append(_table_row(data, r, specs, on_front=True, dominates_=beaten, dominated_by=[]))
+        beaten = [display_label(b) for j, (_, b) in enumerate(yard.iterrows()) if beats[i, j]]
+        row = _table_row(data, r, specs, on_front=True, dominates_=beaten, dominated_by=[])
+        for role, b in sticks:
+            row[f"vs:{display_label(b)}"] = compare(data, r, b, label, role=role).text()
+        rows.append(row)
     for j, (_, b) in enumerate(yard.iterrows()):
-        by = [f"#{int(r['trial'])}" for i, (_, r) in enumerate(fr.iterrows()) if dominates(Yf[i], Yy[j])]
+        by = [f"#{int(r['trial'])}" for i, (_, r) in enumerate(fr.iterrows()) if beats[i, j]]
         rows.append(_table_row(data, b, specs, on_front=False, dominates_=[], dominated_by=by))
+    for row, (_, r) in zip(rows, [*fr.iterrows(), *yard.iterrows()]):
+        for obj in data.objectives:
+            value, se, unit = display_value(data, r, obj, label)
+            row[f"{obj} [{unit}]"] = value
+            row[f"±{obj}"] = 1.96 * se
+    units = [f"{obj} [{display_value(data, (fr if not fr.empty else yard).iloc[0], obj, label)[2]}]"
+             for obj in data.objectives] if len(rows) else []
     columns = ["rung", "trial", "kind", "label", "on_front", "method", "params", *data.objectives,
-               *[f"retention:{s.name}" for s in specs], "dominates", "dominated_by", "parent"]
+               *[c for obj, u in zip(data.objectives, units) for c in (u, f"±{obj}")],
+               *[f"retention:{s.name}" for s in specs], "dominates", "dominated_by",
+               *[f"vs:{display_label(b)}" for _, b in sticks], "parent"]
     return pd.DataFrame(rows, columns=columns).reset_index(drop=True)
 
 

@@ -280,7 +280,7 @@ def load_study(study: str, storage: str | None = None, results_dir: str | Path =
     df = pd.DataFrame(rows)
     if df.empty:
         df = pd.DataFrame(columns=["rung", "rung_index", "study_name", "trial", "state", "kind", "label",
-                                   "parent", "method", *objectives, "recipe", "datetime_start",
+                                   "parent", "method", *objectives, "recipe", "item_scores", "datetime_start",
                                    "datetime_complete", "duration_s", "compute_s"])
     else:
         fixed = ["rung", "rung_index", "study_name", "trial", "state", "kind", "label", "parent", "method",
@@ -342,6 +342,7 @@ def _row(t, label: str, index: int, study_name: str, objectives: list[str]) -> d
         if key not in _KNOWN_ATTRS and not key.startswith("score:") and isinstance(value, (str, int, float, bool)):
             row[f"attr:{key}"] = value
     row["recipe"] = recipe
+    row["item_scores"] = attrs.get("item_scores") if isinstance(attrs.get("item_scores"), dict) else None
     row["datetime_start"] = t.datetime_start
     row["datetime_complete"] = t.datetime_complete
     row["duration_s"] = duration

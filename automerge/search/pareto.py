@@ -52,10 +52,13 @@ def _domination_matrix(Y: np.ndarray) -> np.ndarray:
     return le & lt
 
 
-def non_dominated_sort(Y: np.ndarray) -> list[np.ndarray]:
+def non_dominated_sort(Y: np.ndarray, D: np.ndarray | None = None) -> list[np.ndarray]:
     """Peel Pareto fronts one after another; returns row indices per front (ascending order).
 
     Duplicated points share a front. Rows holding NaN are not allowed (filter them first).
+    ``D``: another domination relation to peel by (D[i, j] = row i dominates row j), e.g.
+    `automerge.search.noise.noisy_domination_matrix`; it must be a sub-relation of Pareto
+    dominance (hence acyclic).
     """
     Y = np.asarray(Y, dtype=float)
     n = len(Y)
@@ -63,7 +66,7 @@ def non_dominated_sort(Y: np.ndarray) -> list[np.ndarray]:
         return []
     if np.isnan(Y).any():
         raise ValueError("non_dominated_sort: NaN in the objective values; drop those points first")
-    D = _domination_matrix(Y)
+    D = _domination_matrix(Y) if D is None else np.asarray(D, dtype=bool)
     dominated_by = D.sum(axis=0)  # how many rows dominate each row
     remaining = np.ones(n, dtype=bool)
     fronts: list[np.ndarray] = []
@@ -230,11 +233,15 @@ def epsilon_net_order(Y: np.ndarray) -> np.ndarray:
 
 
 def mo_asha_order(Y: np.ndarray, tie_break: TieBreak = "hv", ref: Sequence[float] | None = None,
-                  k: int | None = None) -> np.ndarray:
+                  k: int | None = None, D: np.ndarray | None = None) -> np.ndarray:
     """Every row, best first: fronts in order (non-dominated sorting), and inside each front by
     greedy hypervolume contribution ("hv", reference = `ref` or `reference_point` of all rows)
     or by ε-net order ("epsnet"). Deterministic for given rows. With `k`, only fronts reaching
-    into the first k positions are ordered inside; later fronts follow by row index."""
+    into the first k positions are ordered inside; later fronts follow by row index.
+
+    With ``D`` (a coarser domination relation, see `non_dominated_sort`) the fronts are D's;
+    inside one, rows go by their Pareto fronts among themselves, then by the tie-break — so a
+    row dominated only within the noise still ranks ahead of every row of D's next front."""
     Y = np.asarray(Y, dtype=float)
     if len(Y) == 0:
         return np.zeros(0, dtype=int)
@@ -242,11 +249,13 @@ def mo_asha_order(Y: np.ndarray, tie_break: TieBreak = "hv", ref: Sequence[float
         raise ValueError(f"tie_break {tie_break!r}: use 'hv' or 'epsnet'")
     ref_arr = reference_point(Y) if ref is None else np.asarray(ref, dtype=float)
     order: list[int] = []
-    for front in non_dominated_sort(Y):
-        if len(front) == 1 or (k is not None and len(order) >= k):
-            order.extend(front.tolist())
-            continue
-        sub = Y[front]
-        inner = greedy_hypervolume_order(sub, ref_arr) if tie_break == "hv" else epsilon_net_order(sub)
-        order.extend(front[inner].tolist())
+    for outer in non_dominated_sort(Y, D):
+        parts = [outer] if D is None else [outer[f] for f in non_dominated_sort(Y[outer])]
+        for front in parts:
+            if len(front) == 1 or (k is not None and len(order) >= k):
+                order.extend(front.tolist())
+                continue
+            sub = Y[front]
+            inner = greedy_hypervolume_order(sub, ref_arr) if tie_break == "hv" else epsilon_net_order(sub)
+            order.extend(front[inner].tolist())
     return np.array(order, dtype=int)

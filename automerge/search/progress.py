@@ -136,10 +136,25 @@ def front_rows(snapshot: Any, rung: int | None = None) -> tuple[int, list[dict[s
                     break
         rows.append({"number": t.number, "kind": kind, "label": t.user_attrs.get("label", ""),
                      "method": method or ("model" if kind == "reference" else ""), "values": list(t.values),
-                     "origin": t.user_attrs.get("origin"), "on_front": t.number in on_front})
+                     "origin": t.user_attrs.get("origin"), "on_front": t.number in on_front,
+                     "losses": _losses(space, rung, t)})
     rows.sort(key=lambda x: (x["kind"] != SEARCH, -x["values"][0] if space.directions[0] == "maximize"
                              else x["values"][0]))
     return rung, rows
+
+
+def _losses(space: Any, rung: int, trial: Any) -> list[tuple[float, float] | None]:
+    """Per objective: (loss in nats/token, 95 % half-width) from the trial's per-item scores,
+    for objectives of log-likelihood tasks; None otherwise (or without item data)."""
+    from automerge.search.noise import items_from_attrs, objective_loss, objective_se
+
+    items = items_from_attrs(trial.user_attrs)
+    out: list[tuple[float, float] | None] = []
+    for o in space.objectives:
+        tasks = o.full if space.is_full(rung) else o.tasks
+        loss = objective_loss(items, tasks) if items else None
+        out.append(None if loss is None else (loss, 1.96 * objective_se(items, tasks, "units")))
+    return out
 
 
 def front_table(snapshot: Any, title: str | None = None) -> Any:
@@ -153,14 +168,23 @@ def front_table(snapshot: Any, title: str | None = None) -> Any:
     table.add_column("trial", justify="right")
     table.add_column("kind")
     table.add_column("label / method")
-    for name, d in zip(space.objective_names, space.directions):
-        table.add_column(f"{name} {'↑' if d == 'maximize' else '↓'}", justify="right")
+    # objectives of log-likelihood tasks: a loss in nats/token ± 95 % (when every row has item data)
+    as_loss = [bool(rows) and all(r["losses"][k] is not None for r in rows) for k in range(len(space.objectives))]
+    for k, (name, d) in enumerate(zip(space.objective_names, space.directions)):
+        header = f"{name} loss ↓ (nats/tok ±95%)" if as_loss[k] else f"{name} {'↑' if d == 'maximize' else '↓'}"
+        table.add_column(header, justify="right")
     for row in rows:
         style = None if row["kind"] == SEARCH else "dim"
         label = row["method"] if row["kind"] == SEARCH else row["label"]
         if row["kind"] == SEARCH and row["origin"] is not None:
             label += f" (r0 #{row['origin']})"
-        table.add_row(str(row["number"]), row["kind"], label, *[f"{v:.4f}" for v in row["values"]], style=style)
+        cells = [f"{row['losses'][k][0]:.4f} ± {row['losses'][k][1]:.3f}" if as_loss[k] else f"{v:.4f}"
+                 for k, v in enumerate(row["values"])]
+        table.add_row(str(row["number"]), row["kind"], label, *cells, style=style)
+    if any(as_loss):
+        table.caption = ("± : each trial's own 95 % error bar over the items (mostly item difficulty, shared by "
+                         "every trial); differences between trials are judged paired, item by item, which is far "
+                         "tighter: see the verdict and `automerge pareto`.")
     return table
 
 

@@ -79,6 +79,9 @@ def prepare(opts: SearchOptions, *, check_models: bool = True) -> tuple[SearchSt
         space = _with_overrides(space, opts)
         if check_models:
             space.check_models()  # fails before any model loads or anything is written
+        from automerge.search.fisher import check_sources
+
+        check_sources(space)  # method fisher: estimate files and data exist (before anything is written)
     else:
         storage = open_storage(url)
         try:
@@ -143,6 +146,7 @@ def run_search(
         if runner is None:
             runner = EngineRunner(space, device=opts.device, threads=threads)
         progress = Progress(study, quiet=opts.quiet, log_path=study_dir / "search.log", stream=stream)
+        _prepare_fisher(study, study_dir, progress, device=opts.device or space.device)
 
         def events(e: Any) -> None:
             progress.on_event(e)
@@ -175,25 +179,80 @@ def run_search(
             + ", ".join(f"{r.name}: {r.complete} done" + (f"/{r.failed} failed" if r.failed else "")
                         for r in summary.rungs))
         progress.console.print(f"study directory: {study_dir}  (storage {_safe_url(study.url)})")
-        progress.console.print(_write_report(study, opts))
+        report_line, report_path = _write_report(study, opts)
+        progress.console.print(report_line)
+        for line in _verdict(study, opts, report_path):
+            progress.console.print(line, highlight=False)
         return SearchOutcome(study=study, study_dir=study_dir, stats=stats, summary=summary)
     finally:
         study.close()
 
 
-def _write_report(study: SearchStudy, opts: SearchOptions) -> str:
-    """Write the HTML report if the report package can; else say how to make it."""
+def _prepare_fisher(study: SearchStudy, study_dir: Path, progress: Any, *, device: str) -> None:
+    """Method fisher: every specialist's estimate, once per study, before sampling (progress bar);
+    the space's recipes then name the files (automerge.search.fisher)."""
+    from automerge.methods import METHODS
+
+    if not any(METHODS[m].needs_fisher for m in study.space.method_names):
+        return
+    from transformers.utils import logging as hf_logging
+
+    from automerge.engine import pick_device
+    from automerge.search.fisher import study_fisher
+
+    hf_logging.disable_progress_bar()  # our own bar below; the worker's runner turns it off anyway
+    dev = str(pick_device(device))
+    if progress.quiet:
+        seen: set[str] = set()
+
+        def report(name: str, done: int, total: int) -> None:
+            if name not in seen:
+                seen.add(name)
+                progress.log(f"estimating the Fisher of {name} ({total} examples, {dev})")
+        files = study_fisher(study, study_dir, device=dev, progress=report)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
+
+        with Bar(TextColumn("Fisher {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                 console=progress.console, transient=False) as bar:
+            tasks: dict[str, Any] = {}
+
+            def report(name: str, done: int, total: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=total)
+                bar.update(tasks[name], completed=done)
+            files = study_fisher(study, study_dir, device=dev, progress=report)
+    study.space._fisher = {n: str(p) for n, p in files.items()}
+    progress.log("Fisher estimates: " + ", ".join(f"{n} {p}" for n, p in files.items()))
+
+
+def _write_report(study: SearchStudy, opts: SearchOptions) -> tuple[str, str | None]:
+    """Write the HTML report if the report package can; else say how to make it.
+    Returns (the line to print, the report's path or None)."""
     hint = f"automerge report {study.name}"
     if not opts.report:
-        return f"report: {hint}  →  {Path(opts.results_dir) / study.name / 'report.html'}"
+        return f"report: {hint}  →  {Path(opts.results_dir) / study.name / 'report.html'}", None
     try:
         from automerge.report import load_study
         from automerge.report.html import write_report
 
         path = write_report(load_study(study.name, storage=study.url, results_dir=opts.results_dir))
-        return f"report: {path}  (again any time: {hint})"
+        return f"report: {path}  (again any time: {hint})", str(path)
     except Exception as err:  # noqa: BLE001 - the search is done; the report is a convenience
-        return f"report: run `{hint}` (could not write it now: {type(err).__name__}: {err})"
+        return f"report: run `{hint}` (could not write it now: {type(err).__name__}: {err})", None
+
+
+def _verdict(study: SearchStudy, opts: SearchOptions, report_path: str | None) -> list[str]:
+    """The end-of-run verdict in words (automerge.report.errorbars.verdict_lines)."""
+    try:
+        from automerge.report import load_study
+        from automerge.report.errorbars import verdict_lines
+
+        data = load_study(study.name, storage=study.url, results_dir=opts.results_dir)
+        return ["", *verdict_lines(data, report=report_path or f"automerge report {study.name}")]
+    except Exception as err:  # noqa: BLE001 - the search is done; the verdict is a convenience
+        return [f"verdict: could not be computed ({type(err).__name__}: {err}); see automerge pareto {study.name}"]
 
 
 def status(study_name: str | None, *, storage: str | None = None, results_dir: Path = Path("results"),

@@ -16,6 +16,15 @@ objectives the top of the ranking changes often, and plain ASHA then promotes fa
 1/η of a rung (measured: 16 of 30), which spends the compute multi-fidelity should save. Baselines and reference models are always promoted (they are
 the yardsticks every rung's front is shown against) and never take a search trial's place.
 
+Noise-aware rank (``noise_z`` > 0; search spaces default to 1): the fronts of that ranking are those of
+ε-dominance — a trial dominates another only when no worse on every objective and better on
+one by more than ``noise_z`` paired standard errors, computed from the items both scored
+(`automerge.search.noise`). Trials within the noise of each other share a front, so a rung of
+8 items does not order them by noise; inside a front they go by plain Pareto rank, then the
+tie-break. Results without item data (older studies) compare by their values alone.
+``noise_z = 0`` is the plain MO-ASHA rank. The claims, and with them exactly-once promotion,
+are unchanged: the rule only decides *which* trials are promotable.
+
 Finalisation (after the sampling budget): a rung's whole Pareto front is promoted too, once
 no lower rung has work left, so the search ends with its best trials fully evaluated.
 """
@@ -23,11 +32,12 @@ no lower rung has work left, so the search ends with its best trials fully evalu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 
+from automerge.search.noise import noisy_domination_matrix
 from automerge.search.pareto import TieBreak, mo_asha_order, non_dominated_sort, to_minimization
 
 SEARCH, BASELINE, REFERENCE = "search", "baseline", "reference"
@@ -41,6 +51,8 @@ class Result:
     number: int  # trial number in that rung's study
     values: tuple[float, ...]
     kind: str = SEARCH
+    # per objective: `automerge.search.noise.objective_noise` of the trial (None: no item data)
+    noise: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,7 @@ class Scheduler:
     """Successive-halving promotions for `num_rungs` rungs (rung num_rungs-1 is the top)."""
 
     def __init__(self, *, num_rungs: int, eta: float, directions: Sequence[str], tie_break: TieBreak = "hv",
-                 rule: str = "bounded"):
+                 rule: str = "bounded", noise_z: float = 0.0):
         if num_rungs < 1:
             raise ValueError("num_rungs must be >= 1")
         if not eta > 1:
@@ -77,6 +89,9 @@ class Scheduler:
         if rule not in ("bounded", "asha"):
             raise ValueError(f"rule {rule!r}: use 'bounded' or 'asha'")
         self.rule = rule
+        if not noise_z >= 0:
+            raise ValueError(f"noise_z must be >= 0, got {noise_z}")
+        self.noise_z = float(noise_z)
 
     # -- ranking ---------------------------------------------------------------------------
 
@@ -91,7 +106,10 @@ class Scheduler:
         if not ok:
             return []
         Y = to_minimization([r.values for r in ok], self.directions)
-        return [ok[i].number for i in mo_asha_order(Y, self.tie_break, k=k)]
+        D = None
+        if self.noise_z > 0 and any(r.noise is not None for r in ok):
+            D = noisy_domination_matrix(Y, [r.noise for r in ok], self.noise_z)
+        return [ok[i].number for i in mo_asha_order(Y, self.tie_break, k=k, D=D)]
 
     def front(self, results: Sequence[Result]) -> list[int]:
         """Trial numbers of the non-dominated search results."""

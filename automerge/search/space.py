@@ -14,6 +14,8 @@ File format (every key but base, specialists and objectives has a default)::
       - {name: lang, path: zoo:lang, domain: nl, parameters: {weight: [0.2, 1.2]}}  # own λ range
     references: [{name: mix, path: zoo:mix}]     # evaluated like baselines, shown on every front
     methods: [task_arithmetic, ties, dare_ties]  # or {ties: {density: [0.3, 1.0]}, ...} per method
+                                     # fisher: each specialist's estimate from the objectives' proxy items
+                                     # of its domain, or its `fisher: FILE` / `fisher: {data: FILE.jsonl}`
     parameters:                      # per method parameter; a number/bool fixes it
       weight:  {low: 0.0, high: 1.5}               # λ_i: each specialist's task-vector scale
       density: {low: 0.1, high: 1.0, per_group: true}
@@ -48,7 +50,8 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Mapping, Protocol, Sequence, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, \
+    model_validator
 
 from automerge.errors import AutomergeError, SpaceError
 
@@ -128,6 +131,16 @@ def _coerce_specs(value: Any) -> Any:
     return value
 
 
+class SpecialistFisher(BaseModel):
+    """Where method fisher's estimate of a specialist comes from (automerge.search.fisher)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str | None = None  # JSONL of {"text": ...}; None: the space's proxy items of the specialist's domain
+    max_tokens: int = Field(8192, ge=2)
+    seq_len: int = Field(512, ge=2)
+
+
 class Specialist(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -135,6 +148,7 @@ class Specialist(BaseModel):
     path: str
     domain: str = "general"  # "code" | "nl" | anything descriptive
     parameters: dict[str, ParamSpec] = Field(default_factory=dict)  # overrides, e.g. its own λ range
+    fisher: Union[str, SpecialistFisher, None] = None  # an estimate file, or how to estimate it (method fisher)
 
     @field_validator("parameters", mode="before")
     @classmethod
@@ -228,6 +242,9 @@ class Rungs(BaseModel):
     eta: float = 3.0
     tie_break: Literal["hv", "epsnet"] = "hv"  # inside a Pareto front: hypervolume contribution or ε-net
     rule: Literal["bounded", "asha"] = "bounded"  # see automerge.search.scheduler
+    # Noise-aware promotion: a trial outranks another only when better by more than noise_z
+    # paired standard errors (from the items both scored); 0 = rank by the point values.
+    noise_z: float = Field(default=1.0, ge=0.0, le=10.0)
 
     @field_validator("items")
     @classmethod
@@ -421,6 +438,8 @@ class SearchSpace(BaseModel):
         return hashlib.sha256(yaml.safe_dump(data, sort_keys=True).encode()).hexdigest()[:16]
 
     _source: str = "search space"
+    # method fisher: {specialist: estimate file} of this study (automerge.search.fisher.study_fisher)
+    _fisher: dict[str, str] = PrivateAttr(default_factory=dict)
 
     # -- derived -----------------------------------------------------------------------------
 
@@ -517,9 +536,11 @@ class SearchSpace(BaseModel):
             m = METHODS[name]
             if k < m.min_models or (m.max_models is not None and k > m.max_models):
                 raise fail(where, f"{name} merges {m._count_text()} specialist(s) with the base; the space has "
-                                  f"{k}; remove {name} or change the specialists")
+                                  f"{k}; remove {name} or change the specialists"
+                                  + ("; nuslerp slerps two specialists over the base, multislerp any number"
+                                     if name == "slerp" else ""))
             if m.needs_fisher:
-                raise fail(where, f"{name} needs Fisher estimates, which searches do not compute yet; remove it")
+                self._check_fisher_sources(fail)
             known = {p.name for p in m.params}
             for pname in self._method_spec(name):
                 if pname not in known:
@@ -585,6 +606,19 @@ class SearchSpace(BaseModel):
                            f"negative weights (negation) with {method}'s normalize=true divide by a weight sum "
                            f"that can be 0; set normalize: false for {method} (methods.{method}.normalize), "
                            "or use task_arithmetic for negation")
+
+    def _check_fisher_sources(self, fail: Callable[[str, str], SpaceError]) -> None:
+        """Method fisher: every specialist has an estimate file, data, or proxy items of its domain."""
+        from automerge.search.fisher import proxy_tasks_for
+
+        for i, s in enumerate(self.specialists):
+            src = s.fisher
+            if isinstance(src, str) or (src is not None and src.data is not None):
+                continue
+            if not proxy_tasks_for(self, s):
+                raise fail(f"specialists[{i}].fisher", f"method fisher needs an estimate for {s.name}, and no proxy "
+                                                       f"task of the objectives has its domain {s.domain!r}; give "
+                                                       "fisher: FILE.safetensors or fisher: {data: FILE.jsonl}")
 
     def _check_tasks(self, fail: Callable[[str, str], SpaceError]) -> None:
         try:
@@ -699,7 +733,8 @@ class SearchSpace(BaseModel):
                 spec = self.param_spec(method, p.name, s.name)
                 if spec is not None:
                     mp[p.name] = value(f"{method}.{p.name}.{s.name}", spec)
-            models.append(ModelSpec(name=s.name, path=s.path, parameters=mp))
+            models.append(ModelSpec(name=s.name, path=s.path, parameters=mp,
+                                    fisher=self._fisher.get(s.name) if m.needs_fisher else None))
         return Recipe(method=method, base=self.base, models=models, parameters=params, num_groups=num_groups,
                       split_attn_mlp=split, seed=self.seed, dtype=self.dtype)
 
@@ -850,7 +885,10 @@ def warm_start_trials(space: "SearchSpace", paths: Sequence[Path]) -> list[WarmS
                             parameters=dict(given[s.name].parameters) if s.name in given else {"weight": 0.0})
                   for s in space.specialists]
         recipe = recipe.model_copy(update={"base": space.base, "models": models})
-        out.append(WarmStart(label=f"warm start: {Path(path).stem}", recipe=recipe, params=None))
+        from automerge.search.warm_map import warm_start_params
+
+        out.append(WarmStart(label=f"warm start: {Path(path).stem}", recipe=recipe,
+                             params=warm_start_params(space, recipe, path)))
     return out
 
 
@@ -940,7 +978,7 @@ def _yaml_path(loc: Sequence[Any]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif str(part) in ("Range", "Choice", "bool", "int", "float", "str", "list[str]",
+        elif str(part) in ("Range", "Choice", "bool", "int", "float", "str", "list[str]", "SpecialistFisher",
                            "dict[str,union[Range,Choice,bool,int,float,str]]", "function-after[_check(), Range]",
                            "literal['specialists','uniform_linear','task_arithmetic','ties']"):
             continue  # pydantic's union-member markers are not part of the YAML path

@@ -5,12 +5,16 @@ Layout in the storage (SQLite file `results/<study>/study.db` by default, or any
 * Optuna studies ``<study>`` (rung 0), ``<study>:r1`` … and ``<study>:full`` (the top rung).
   All share the directions and metric names (the objectives). Study user_attrs of ``<study>``:
   ``space`` (resolved YAML), ``space_fingerprint``, ``rungs`` (list of {name, items}),
-  ``automerge_version``.
+  ``automerge_version``, and with method fisher ``fisher:<specialist>`` ({sha256, file}: the
+  estimate every worker must use, see `automerge.search.fisher`; the files live in
+  ``results/<study>/fisher/``).
 * Trial user_attrs: ``recipe`` (YAML), ``rung``, ``rung_name``, ``items`` (per-task limit, null =
   all), ``parent`` (trial number in the previous rung's study, null at rung 0), ``origin``
   (trial number of the lineage at rung 0), ``kind`` (search | baseline | reference), ``label``,
   ``key`` (the claim item, below), ``score:<task>`` (primary metric per task), ``n:<task>``,
-  ``eval_items``, ``eval_seconds``, ``apply_seconds``, ``worker``, ``promotion`` (why it was
+  ``item_scores`` ({task: per-item scores in the task's fixed item order, {metric, n, num, den}
+  with base64 float32 arrays}, see `automerge.search.noise.ItemScores`; what error bars and
+  paired comparisons are computed from), ``eval_items``, ``eval_seconds``, ``apply_seconds``, ``worker``, ``promotion`` (why it was
   promoted: top | front | yardstick), ``model_path`` (reference models), ``retry_of`` (trial
   number a re-run replaces: the replaced one is FAIL with a ``stale:`` reason and has the same
   ``key``/``parent``), ``fail_reason`` (FAIL trials).
@@ -42,6 +46,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from automerge.errors import SpaceError
+from automerge.search.noise import items_from_attrs, objective_noise
 from automerge.search.scheduler import SEARCH, Result
 from automerge.search.space import SearchSpace
 
@@ -299,6 +304,7 @@ class SearchStudy:
         self.storage = storage
         self.claims = claims
         self.num_rungs = space.num_rungs
+        self._noise_cache: dict[tuple[int, int], tuple[Any, ...] | None] = {}  # finished trials never change
         self.rung_names = [rung_study_name(name, r, self.num_rungs) for r in range(self.num_rungs)]
         self.studies: list[optuna.Study] = []
         for r, sname in enumerate(self.rung_names):
@@ -357,8 +363,19 @@ class SearchStudy:
                 continue
             if not all(math.isfinite(v) for v in t.values):
                 continue
-            out.append(Result(number=t.number, values=tuple(t.values), kind=t.user_attrs.get("kind", SEARCH)))
+            out.append(Result(number=t.number, values=tuple(t.values), kind=t.user_attrs.get("kind", SEARCH),
+                              noise=self._noise(rung, t) if self.space.rungs.noise_z > 0 else None))
         return out
+
+    def _noise(self, rung: int, trial: Any) -> tuple[Any, ...] | None:
+        """Per objective, the trial's `objective_noise` vector (None without item data)."""
+        key = (rung, trial.number)
+        if key not in self._noise_cache:
+            items = items_from_attrs(trial.user_attrs)
+            full = self.space.is_full(rung)
+            vecs = tuple(objective_noise(items, o.full if full else o.tasks) for o in self.space.objectives)
+            self._noise_cache[key] = None if any(v is None for v in vecs) else vecs
+        return self._noise_cache[key]
 
     def snapshot(self) -> "Snapshot":
         trials = [self.trials(r) for r in range(self.num_rungs)]

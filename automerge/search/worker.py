@@ -30,7 +30,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
+import numpy as np
+
 from automerge.errors import AutomergeError
+from automerge.search.noise import ITEMS_ATTR, ItemScores
 from automerge.search.scheduler import BASELINE, REFERENCE, SEARCH, Scheduler
 from automerge.search.study import DONE, FAILED, RUNNING, ClaimRow, SearchStudy, Snapshot, make_sampler, \
     worker_alive, worker_id
@@ -62,6 +65,7 @@ class Evaluation:
     apply_seconds: float = 0.0
     eval_seconds: float = 0.0
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    items: dict[str, ItemScores] = field(default_factory=dict)  # task -> per-item scores (error bars)
 
 
 class TrialRunner(Protocol):
@@ -118,7 +122,12 @@ class EngineRunner:
         self.setup()
         t0 = time.perf_counter()
         if job.recipe is not None:
-            self.merger.apply(job.recipe)
+            recipe = job.recipe
+            if recipe.method == "fisher" and self.space._fisher:
+                from automerge.fisher import reachable_fisher
+
+                recipe = reachable_fisher(recipe, self.space._fisher)  # a peer's trial names the peer's path
+            self.merger.apply(recipe)
         else:
             self._load_reference(job.model_path)
         model = self.merger.model
@@ -133,6 +142,8 @@ class EngineRunner:
             apply_seconds=t1 - t0,
             eval_seconds=t2 - t1,
             metrics={t: dict(r.metrics) for t, r in results.items()},
+            items={t: ItemScores(metric=r.metric, num=np.asarray(r.item_num), den=np.asarray(r.item_den))
+                   for t, r in results.items() if getattr(r, "item_num", None) is not None and not r.failed},
         )
 
     def free(self) -> None:
@@ -218,7 +229,8 @@ class Worker:
         self.on_event = on_event or (lambda e: None)
         self.me = worker or worker_id()
         self.scheduler = Scheduler(num_rungs=study.num_rungs, eta=space.rungs.eta, directions=space.directions,
-                                   tie_break=space.rungs.tie_break, rule=space.rungs.rule)
+                                   tie_break=space.rungs.tie_break, rule=space.rungs.rule,
+                                   noise_z=space.rungs.noise_z)
         self.baselines = {b.key: b for b in space.baseline_trials()}
         self.references = {f"ref:{r.name}": r for r in space.references}
         self.warm = {w.key: w for w in warm_starts}  # earlier rounds' recipes, as search trials
@@ -596,6 +608,8 @@ class Worker:
                     storage.set_trial_user_attr(tid, f"score:{task}", _jsonable(score))
                 for task, n in result.counts.items():
                     storage.set_trial_user_attr(tid, f"n:{task}", int(n))
+                if result.items:
+                    storage.set_trial_user_attr(tid, ITEMS_ATTR, {t: it.encode() for t, it in result.items.items()})
                 storage.set_trial_user_attr(tid, "eval_items", int(sum(result.counts.values())))
                 storage.set_trial_user_attr(tid, "eval_seconds", round(result.eval_seconds or elapsed, 4))
                 storage.set_trial_user_attr(tid, "apply_seconds", round(result.apply_seconds, 4))
@@ -624,7 +638,7 @@ class Worker:
                     self._failure_streak.clear()
                     self.stats.finished += 1
                     self.stats.eval_seconds += elapsed
-                    shown = " ".join(f"{n}={v:.4f}" for n, v in zip(self.space.objective_names, values))
+                    shown = _shown(self.space, work.rung, values, result.items if result is not None else {})
                     self.on_event(Event("finish", rung=work.rung, number=number,
                                         message=f"{attrs['rung_name']} #{number} {work.kind} {label}: {shown} "
                                                 f"({elapsed:.1f}s)",
@@ -656,6 +670,17 @@ class Worker:
             self.study.claims.release(self.study.name, work.rung, work.item, self.me, "interrupted")
         except Exception:  # noqa: BLE001
             pass
+
+
+def _shown(space: Any, rung: int, values: Sequence[float], items: Mapping[str, ItemScores]) -> str:
+    """Objective values for the log: a loss in nats/token where the items allow, else the value."""
+    from automerge.search.noise import objective_loss
+
+    out = []
+    for o, v in zip(space.objectives, values):
+        loss = objective_loss(items, o.full if space.is_full(rung) else o.tasks) if items else None
+        out.append(f"{o.name}={v:.4f}" if loss is None else f"{o.name} loss={loss:.3f}")
+    return " ".join(out)
 
 
 def _distributions(space: Any, params: Mapping[str, Any]) -> dict[str, Any]:

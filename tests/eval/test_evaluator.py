@@ -37,6 +37,23 @@ def test_run_all_proxies(evaluator, tiny):
     assert w == {"nl": pytest.approx(res["prose_ll"].score), "code": pytest.approx(res["code_body_ll"].score)}
 
 
+def test_per_item_scores_reproduce_the_task_score_and_nest(evaluator, tiny):
+    """item_num / item_den (what error bars come from) pool back to the score, and a smaller
+    limit gives the first items of a larger one (paired comparisons across rungs)."""
+    from automerge.search.noise import ItemScores
+
+    model, _ = tiny
+    big = evaluator.run(model, list(PROXY_TASKS), limit=4)
+    small = evaluator.run(model, list(PROXY_TASKS), limit=2)
+    for name, r in big.items():
+        assert len(r.item_num) == len(r.item_den) == r.n == 4
+        items = ItemScores(metric=r.metric, num=r.item_num, den=r.item_den)
+        assert items.score() == pytest.approx(r.score, rel=1e-9)
+        assert small[name].item_num == pytest.approx(r.item_num[:2], rel=1e-5)
+        if PROXY_TASKS[name].kind == "mc":
+            assert set(r.item_den) == {1.0}
+
+
 def test_same_weights_same_scores_and_in_place_updates_are_seen(evaluator, tiny):
     model, _ = tiny
     tasks = ["prose_ll", "code_bug_mc"]

@@ -5,15 +5,16 @@ from __future__ import annotations
 import torch
 
 
-def mergekit_merge(name: str, base: torch.Tensor, xs: list[torch.Tensor], parameters: dict) -> torch.Tensor:
-    """Run mergekit's registered method `name` on one tensor group (base first, then xs)."""
+def mergekit_merge(name: str, base: torch.Tensor | None, xs: list[torch.Tensor], parameters: dict) -> torch.Tensor:
+    """Run mergekit's registered method `name` on one tensor group (xs, then the base, as
+    run_merge orders them when base_model is not among the models; base None: no base)."""
     from mergekit.merge_methods.base import TensorGroup
     from mergekit.merge_methods.registry import get
 
-    if name == "linear":  # mergekit's linear ignores the base: average the listed models only
+    if name == "linear" or base is None:  # mergekit's linear ignores the base: average the listed models only
         group = TensorGroup.from_tensors(list(xs))
     else:
-        group = TensorGroup.from_tensors([base, *xs], base_index=0)
+        group = TensorGroup.from_tensors([*xs, base], base_index=len(xs))
     return get(name)([group], parameters=parameters)[0]
 
 

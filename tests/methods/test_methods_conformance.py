@@ -21,6 +21,12 @@ CONFIGS = {
     "slerp": ({"t": 0.4}, lambda i: {}, 1),
     "model_stock": ({}, lambda i: {}, 3),
     "fisher": ({}, lambda i: {"weight": [1.0, 2.0, 0.5][i]}, 3),
+    "nuslerp": ({}, lambda i: {"weight": [0.6, 0.4][i]}, 2),
+    "multislerp": ({}, lambda i: {"weight": [0.6, 0.4, 0.3][i]}, 3),
+    "karcher": ({}, lambda i: {}, 3),
+    "sce": ({"select_topk": 0.5}, lambda i: {}, 3),
+    "arcee_fusion": ({}, lambda i: {}, 1),
+    "nearswap": ({"t": 0.01}, lambda i: {}, 1),
 }
 
 # All weight on specialist 0 (or its equivalent): the result must be specialist 0 itself.
@@ -37,6 +43,13 @@ ONE_MODEL = {
     "slerp": ({"t": 1.0}, [{}]),
     "model_stock": ({}, [{}, {}]),  # with identical specialists (see the test)
     "fisher": ({}, [{"weight": 1.0}, {"weight": 0.0}]),
+    "nuslerp": ({}, [{"weight": 1.0}, {"weight": 0.0}]),
+    "multislerp": ({}, [{"weight": 1.0}, {"weight": 0.0}]),
+    "karcher": ({"use_base": False}, [{}, {}]),  # with identical specialists (see the test)
+    "sce": ({}, [{}]),  # no weights: one specialist alone
+    # Keeps only the entries whose importance is an outlier: no setting takes the whole model.
+    "arcee_fusion": None,
+    "nearswap": ({"t": 1e9}, [{}]),  # every entry within t of the base
 }
 
 SHAPES = [(), (1,), (13,), (8, 6), (2, 3, 4)]
@@ -44,6 +57,7 @@ SHAPES = [(), (1,), (13,), (8, 6), (2, 3, 4)]
 
 def test_every_method_has_a_conformance_config():
     assert set(CONFIGS) == set(METHODS) == set(ONE_MODEL)
+    assert [n for n, v in ONE_MODEL.items() if v is None] == ["arcee_fusion"]
 
 
 def inputs(shape, k, dtype=torch.float32, seed=0):
@@ -96,11 +110,11 @@ def test_no_task_vectors_give_the_base(name):
     assert torch.allclose(out, base, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", [n for n in METHODS if ONE_MODEL[n] is not None])
 def test_all_weight_on_one_model_gives_that_model(name):
     params, pm = ONE_MODEL[name]
     base, deltas = inputs((16, 12), len(pm), seed=1)
-    if name == "model_stock":
+    if name in ("model_stock", "karcher"):
         deltas = deltas[:1].expand(len(pm), -1, -1)
     out = call(name, base, deltas, params, pm)
     assert torch.allclose(out, base + deltas[0], rtol=1e-5, atol=1e-6)

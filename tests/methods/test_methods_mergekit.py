@@ -182,3 +182,99 @@ def test_della_same_mask_as_mergekit(method, params, shape, k, patch_bernoulli):
         ref = mergekit_merge(method, base, xs, params | columns(pm))
         assert not patched.rows
         assert rel_err(got, ref, base) <= TOL
+
+
+# ---------------------------------------------------------------- the second wave: nuslerp ... nearswap
+
+
+def _pairs_for_slerp(shape, seed):
+    """Task-vector pairs: random, close, (anti)parallel, one zero, and rows colinear only in part."""
+    base, xs, deltas = make_inputs(shape, 2, seed=seed)
+    d0, d1 = deltas[0], deltas[1]
+    yield "random", base, d0, d1
+    yield "close", base, d0, d0 + 0.05 * d1
+    yield "parallel", base, d0, 2.0 * d0
+    yield "antipodal", base, d0, -d0
+    yield "zero", base, torch.zeros_like(d0), d1
+    if len(shape) == 2:
+        mixed = d1.clone()
+        mixed[0] = 3.0 * d0[0]  # row 0 colinear, the rest not
+        yield "row_colinear", base, d0, mixed
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("use_base", [True, False])
+@pytest.mark.parametrize("flatten,row_wise", [(True, False), (False, False), (False, True)])
+def test_nuslerp(shape, use_base, flatten, row_wise):
+    for case, base, d0, d1 in _pairs_for_slerp(shape, seed=70):
+        for weights in ([1.0, 1.0], [0.3, 0.8], [1.0, 0.0], [0.5, -0.5], [1.2, -0.4]):
+            params = {"nuslerp_flatten": flatten, "nuslerp_row_wise": row_wise}
+            xs = [base + d0, base + d1]
+            ref = mergekit_merge("nuslerp", base if use_base else None, xs, params | {"weight": weights})
+            # Task vectors as the engine forms them, x - base in fp32 (antipodal pairs amplify rounding).
+            got = ours("nuslerp", base, torch.stack([x - base for x in xs]), params | {"use_base": use_base},
+                       [{"weight": w} for w in weights])
+            assert rel_err(got, ref, base) <= TOL, (case, weights)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+@pytest.mark.parametrize("use_base", [True, False])
+@pytest.mark.parametrize("normalize_weights", [True, False])
+def test_multislerp(shape, k, use_base, normalize_weights):
+    base, xs, deltas = make_inputs(shape, k, seed=80 + k)
+    for weights in ([1.0] * k, [0.3, 0.8, 0.5, 0.1][:k], [1.0, -0.3, 0.6, 0.2][:k]):
+        params = {"normalize_weights": normalize_weights}
+        ref = mergekit_merge("multislerp", base if use_base else None, xs, params | {"weight": weights})
+        got = ours("multislerp", base, deltas, params | {"use_base": use_base}, [{"weight": w} for w in weights])
+        assert rel_err(got, ref, base) <= TOL, weights
+
+
+def test_multislerp_antipodal_pair_falls_back_to_the_weighted_sum_as_mergekit():
+    base, xs, deltas = make_inputs((6, 5), 2, seed=3)
+    xs = [base + deltas[0], base - deltas[0]]
+    ref = mergekit_merge("multislerp", base, xs, {"weight": [1.0, 1.0]})
+    got = ours("multislerp", base, torch.stack([x - base for x in xs]), {}, [{"weight": 1.0}, {"weight": 1.0}])
+    assert torch.allclose(got, ref, rtol=0, atol=1e-6 * base.abs().max().item())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("use_base", [True, False])
+def test_karcher(shape, k, use_base):
+    base, xs, deltas = make_inputs(shape, k, seed=90 + k, scale=0.5)
+    for max_iter, tol in ((10, 1e-5), (3, 1e-5), (50, 1e-7)):
+        params = {"max_iter": max_iter, "tol": tol}
+        ref = mergekit_merge("karcher", base if use_base else None, xs, params)
+        got = ours("karcher", base, deltas, params | {"use_base": use_base}, [{}] * k)
+        assert rel_err(got, ref, base) <= TOL
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("select_topk", [1.0, 0.5, 0.1, 0.0])
+def test_sce(shape, k, select_topk):
+    base, xs, deltas = make_inputs(shape, k, seed=100 + k)
+    ref = mergekit_merge("sce", base, xs, {"select_topk": select_topk})
+    got = ours("sce", base, deltas, {"select_topk": select_topk}, [{}] * k)
+    assert rel_err(got, ref, base) <= TOL
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_arcee_fusion(shape):
+    base, xs, deltas = make_inputs(shape, 1, seed=110)
+    ref = mergekit_merge("arcee_fusion", base, xs, {})
+    got = ours("arcee_fusion", base, deltas, {}, [{}])
+    assert torch.allclose(got, ref, rtol=0, atol=TOL * deltas.abs().max().item())
+    if base.numel() >= 64:
+        kept = (got != base).float().mean().item()
+        assert 0 < kept < 0.5  # a real selection of outliers, not all or nothing
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("t", [0.0, 1e-3, 0.05, 0.2, 10.0])
+def test_nearswap(shape, t):
+    base, xs, deltas = make_inputs(shape, 1, seed=120)
+    ref = mergekit_merge("nearswap", base, xs, {"t": t})
+    got = ours("nearswap", base, deltas, {"t": t}, [{}])
+    assert rel_err(got, ref, base + deltas[0]) <= TOL

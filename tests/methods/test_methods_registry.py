@@ -9,10 +9,11 @@ from automerge.errors import RecipeError
 from automerge.methods import METHODS, REQUIRED, get_method, random_noise
 
 ALL = ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties",
-       "della", "della_linear", "slerp", "model_stock", "fisher"]
+       "della", "della_linear", "slerp", "model_stock", "fisher",
+       "nuslerp", "multislerp", "karcher", "sce", "arcee_fusion", "nearswap"]
 
 
-def test_all_twelve_methods_registered():
+def test_all_methods_registered():
     assert list(METHODS) == ALL
     for name, m in METHODS.items():
         assert m.name == name and m.doc
@@ -33,6 +34,10 @@ DEFAULTS = {
     "della_linear": {"normalize": False, "rescale": True},
     "model_stock": {"filter_wise": False},
     "fisher": {"fisher_floor": 1e-6},
+    "nuslerp": {"nuslerp_flatten": True, "nuslerp_row_wise": False, "use_base": True},
+    "multislerp": {"normalize_weights": True, "eps": 1e-8, "use_base": True},
+    "karcher": {"max_iter": 10, "tol": 1e-5, "use_base": True},
+    "sce": {"select_topk": 1.0},
 }
 MODEL_DEFAULTS = {
     "ties": {"density": 1.0},
@@ -175,3 +180,39 @@ def test_random_methods_need_noise_and_fisher_needs_fisher():
         get_method("fisher").merge_tensor(base, deltas, per_model={"weight": [1.0, 1.0]}, params={})
     noise = random_noise(deltas.shape, seed=0, tensor_name="w")
     get_method("dare_ties").merge_tensor(base, deltas, per_model=pm, params={}, noise=noise)
+
+
+SECOND_WAVE = ["nuslerp", "multislerp", "karcher", "sce", "arcee_fusion", "nearswap"]
+
+
+@pytest.mark.parametrize("name", SECOND_WAVE)
+def test_parameters_and_defaults_are_mergekits(name):
+    """Same parameter names and defaults as mergekit 0.1.5's spec (use_base stands for base_model;
+    sce's int8_mask only changes mergekit's mask storage, not the result)."""
+    registry = pytest.importorskip("mergekit.merge_methods.registry")
+    from mergekit.merge_methods.base import MISSING
+
+    spec = registry.get(name).spec
+    theirs = {p.name: (None if p.default is MISSING else p.default) for p in spec.parameters}
+    theirs.pop("int8_mask", None)
+    ours = {p.name: (None if p.required else p.default) for p in get_method(name).params if p.name != "use_base"}
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("name,params,per_model,fragment", [
+    ("nuslerp", {}, [{"weight": 1.0}], "exactly 2"),
+    ("nuslerp", {}, [{"weight": 1.0}] * 3, "exactly 2"),
+    ("nuslerp", {}, [{"weight": 1.0}, {}], "'weight' is required"),
+    ("multislerp", {}, [{"weight": 1.0}, {"weight": -1.0}], "sum to 0"),
+    ("multislerp", {"eps": 0.0}, [{"weight": 1.0}], "'eps'"),
+    ("karcher", {"max_iter": 0}, [{}], "'max_iter'"),
+    ("karcher", {"tol": 0.5, "max_iter": 2.5}, [{}], "'max_iter'"),
+    ("sce", {"select_topk": 1.5}, [{}], "'select_topk'"),
+    ("sce", {}, [{"weight": 1.0}], "unknown parameter 'weight'"),
+    ("arcee_fusion", {}, [{}, {}], "exactly 1"),
+    ("nearswap", {}, [{}], "'t' is required"),
+    ("nearswap", {"t": -0.1}, [{}], "'t'"),
+])
+def test_second_wave_parameters_are_checked(name, params, per_model, fragment):
+    with pytest.raises(RecipeError, match=fragment):
+        get_method(name).check_params(params, per_model)

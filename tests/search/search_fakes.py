@@ -4,6 +4,9 @@ Two objectives over two specialists, code and lang: with w = mean weight per spe
     code score = 1 - (w_code - 0.8)^2 - 0.3 * w_lang^2
     nl score   = 1 - (w_lang - 0.8)^2 - 0.3 * w_code^2
 plus rung noise that shrinks as the rung evaluates more items (seeded by the recipe).
+With ``items=True`` each task also returns per-item scores (`fake_items`): the first n items of
+one fixed per-task sequence plus the trial's score, so their mean is the score and any two trials
+are paired on the same items.
 """
 
 from __future__ import annotations
@@ -12,7 +15,21 @@ import hashlib
 import os
 import time
 
+import numpy as np
+
+from automerge.search.noise import ItemScores
 from automerge.search.worker import Evaluation, Job
+
+
+def fake_items(task: str, score: float, n: int) -> ItemScores:
+    """n per-item values with mean `score`: a per-task item difficulty (the same items for every
+    trial, nested: the first n of one sequence), a smaller trial-specific part (seeded by the
+    score), and the score."""
+    seed = int.from_bytes(hashlib.sha256(task.encode()).digest()[:4], "little")
+    difficulty = np.random.default_rng(seed).normal(0.0, 0.05, 1000)[:n]
+    own = np.random.default_rng(int.from_bytes(hashlib.sha256(repr((task, score)).encode()).digest()[:4], "little"))
+    x = difficulty + own.normal(0.0, 0.01, n)
+    return ItemScores(metric="p_correct", num=x - x.mean() + score, den=np.ones(n))
 
 
 def _mean(value):
@@ -41,7 +58,9 @@ def true_scores(recipe) -> dict[str, float]:
 
 
 class FakeRunner:
-    def __init__(self, delay: float = 0.0, fail_labels: tuple[str, ...] = (), nan_methods: tuple[str, ...] = ()):
+    def __init__(self, delay: float = 0.0, fail_labels: tuple[str, ...] = (), nan_methods: tuple[str, ...] = (),
+                 items: bool = False):
+        self.items = items
         self.delay = float(os.environ.get("FAKE_RUNNER_DELAY", delay))
         self.fail_labels = fail_labels
         self.nan_methods = nan_methods
@@ -64,4 +83,5 @@ class FakeRunner:
             scores = {k: v + noise for k, v in scores.items()}
         scores = {t: scores.get(t, 0.5) for t in job.tasks}
         n = job.limit or 100
-        return Evaluation(scores=scores, counts={t: n for t in job.tasks}, eval_seconds=self.delay)
+        items = {t: fake_items(t, s, n) for t, s in scores.items()} if self.items else {}
+        return Evaluation(scores=scores, counts={t: n for t in job.tasks}, eval_seconds=self.delay, items=items)
