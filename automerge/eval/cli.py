@@ -53,10 +53,35 @@ def parse_specialist(text: str) -> tuple[str, str, str]:
     return name, path, domain
 
 
-def _load(path: str, device):
+def _load_against_base(path: str, base: str | None, device):
+    """A LoRA adapter or a state-dict file: the base model with the specialist's weights written in."""
+    import torch
+
+    from automerge.checkpoints import Checkpoint
+    from automerge.specialists import open_specialist
+
+    if base is None:
+        raise EvalError(f"model {path!r} is a LoRA adapter or a state-dict file: it is read against its base; "
+                        "give --base BASE")
+    model, tok = _load(base, device)
+    ckpt = open_specialist(path, base=Checkpoint.open(_resolve(base)))
+    live = model.state_dict()
+    with torch.no_grad():
+        for name in ckpt.names:
+            if name not in live:
+                raise EvalError(f"model {path!r}: tensor {name} has no parameter in the loaded base {base}")
+            live[name].copy_(ckpt.read(name, dtype=live[name].dtype, device=live[name].device))
+    return model, tok
+
+
+def _load(path: str, device, base: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from automerge.specialists import needs_base
+
+    if needs_base(path):
+        return _load_against_base(path, base, device)
     p = _resolve(path)
     if not (p / "config.json").is_file():
         raise EvalError(f"model {path!r}: no config.json in {p}; give a Hugging Face model directory or zoo:NAME "
@@ -137,7 +162,7 @@ def evaluate_models(
             continue
         if progress:
             progress(f"evaluating {label} ({path}) on {len(task_list)} task(s)")
-        model, tok = _load(path, dev)
+        model, tok = _load(path, dev, base)
         if ev is None:
             ev = Evaluator(tokenizer=tok, device=dev, batch_tokens=batch_tokens, data_dir=data_dir)
         results[label] = ev.run(model, task_list, limit=limit)

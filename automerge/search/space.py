@@ -559,6 +559,7 @@ class SearchSpace(BaseModel):
                                                                f"({p.allowed()}); give a value or a range")
                         continue
                     _check_spec_against(p, spec, fail=lambda msg, path=path: fail(path, msg))
+            self._check_negation(name, m, fail)
         # Parameters no listed method takes are probably typos.
         taken = {p.name for n in self.method_names for p in METHODS[n].params}
         for pname in self.parameters:
@@ -581,6 +582,31 @@ class SearchSpace(BaseModel):
             if r.name in names:
                 raise fail(f"references[{i}].name", f"{r.name!r} is also a specialist's name; rename it")
         self._check_tasks(fail)
+
+    def _check_negation(self, method: str, m: Any, fail: Callable[[str, str], SpaceError]) -> None:
+        """Negative weights (negation: subtracting a task vector) only where no weight sum divides.
+
+        A normalising merge divides by the sum of the (kept) weights; once a weight can be
+        negative that sum can be 0 or tiny and the merge explodes, so such a space is refused.
+        """
+        normalize = next((p for p in m.params if p.name == "normalize"), None)
+        if normalize is None:
+            return
+        spec = self.param_spec(method, "normalize")
+        if spec is None:
+            spec = normalize.default
+        can_normalize = True in spec.choices if isinstance(spec, Choice) else bool(spec)
+        if not can_normalize:
+            return
+        for s in self.specialists:
+            spec = self.param_spec(method, "weight", s.name)
+            values = ([spec.low] if isinstance(spec, Range) else spec.choices if isinstance(spec, Choice)
+                      else [spec])
+            if any(isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0 for v in values):
+                raise fail(self._spec_path(method, "weight", s.name),
+                           f"negative weights (negation) with {method}'s normalize=true divide by a weight sum "
+                           f"that can be 0; set normalize: false for {method} (methods.{method}.normalize), "
+                           "or use task_arithmetic for negation")
 
     def _check_fisher_sources(self, fail: Callable[[str, str], SpaceError]) -> None:
         """Method fisher: every specialist has an estimate file, data, or proxy items of its domain."""
@@ -638,8 +664,17 @@ class SearchSpace(BaseModel):
                 raise SpaceError(f"{src}: {where}: {err}") from None
 
         base = open_at("base", self.base)
-        specs = [open_at(f"specialists[{i}].path", s.path) for i, s in enumerate(self.specialists)]
-        refs = [open_at(f"references[{i}].path", r.path) for i, r in enumerate(self.references)]
+
+        def open_against_base(where: str, path: str) -> Any:  # also LoRA adapters and state-dict files
+            from automerge.specialists import open_specialist
+
+            try:
+                return open_specialist(path, base=base)
+            except AutomergeError as err:
+                raise SpaceError(f"{src}: {where}: {err}") from None
+
+        specs = [open_against_base(f"specialists[{i}].path", s.path) for i, s in enumerate(self.specialists)]
+        refs = [open_against_base(f"references[{i}].path", r.path) for i, r in enumerate(self.references)]
         for where, group in (("specialists", specs), ("references", refs)):
             for i, ck in enumerate(group):
                 try:

@@ -308,6 +308,13 @@ def _build_into(tmp: Path, corpus: C.Corpus, zp: ZooPlan, *, size: str, seed: in
         if st.name == "base":
             base_state = {n: v.detach().half().float() for n, v in model.state_dict().items()}
 
+    # LoRA specialists on the saved base (automerge/zoo/lora.py): a stage after all the full models
+    from automerge.zoo.lora import build_adapters, lora_plan
+
+    mix = {st.name: st.mixture for st in zp.stages}
+    lora_summary = build_adapters(models_dir, streams, lora_plan(size, code_mix=mix["code"], lang_mix=mix["lang"]),
+                                  seed=seed, log=pr.log)
+
     # quick held-out losses of the saved (fp16) models, stored as fp32 for scoring
     t = pr.task("eval", len(MODEL_NAMES))
     quick: dict[str, dict[str, float]] = {}
@@ -337,6 +344,7 @@ def _build_into(tmp: Path, corpus: C.Corpus, zp: ZooPlan, *, size: str, seed: in
                              "init": "random (seeded)" if st.name == "base" else "base (fp16 weights as shipped)"}
                    for st in zp.stages},
         "heldout_loss_quick": {"tokens_per_domain": zp.eval_tokens, "loss": quick},
+        "lora": lora_summary,
     }
 
 
