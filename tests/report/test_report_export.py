@@ -8,7 +8,6 @@ import math
 import pandas as pd
 import pytest
 import torch
-import typer
 import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -16,7 +15,6 @@ from typer.testing import CliRunner
 from automerge.errors import AutomergeError
 from automerge.recipe import Recipe
 from automerge.report import export as export_mod
-from automerge.report.cli import register
 from automerge.report.export import export_trial
 from automerge.report.pareto_table import pick
 from automerge.report.study_reader import load_study
@@ -30,9 +28,9 @@ def demo(demo_study):
 
 @pytest.fixture(scope="module")
 def app():
-    app = typer.Typer()
-    register(app)
-    return app
+    from automerge.cli import app
+
+    return app  # the real command line, as installed
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,11 @@ import io
 
 import pandas as pd
 import pytest
-import typer
 import yaml
 from typer.testing import CliRunner
 
 from automerge.recipe import Recipe
-from automerge.report.cli import register
+from automerge.cli import app as automerge_app
 from automerge.report.pareto_table import pareto_table, pick
 from automerge.report.study_reader import load_study
 from report_study import DEMO_LIMITS, RealRunner, evaluate_dir
@@ -63,10 +62,8 @@ def round1(tmp_path_factory, demo_zoo, real_scorer):
 
 @pytest.fixture(scope="module")
 def round1_export(round1):
-    app = typer.Typer()
-    register(app)
     out = round1 / "export"
-    res = CliRunner().invoke(app, ["export", "round1", "--results-dir", str(round1 / "results"), "--pick", "knee",
+    res = CliRunner().invoke(automerge_app, ["export", "round1", "--results-dir", str(round1 / "results"), "--pick", "knee",
                                    "--recipe", str(out / "knee.yaml"), "--model", str(out / "knee"), "--device", "cpu"])
     assert res.exit_code == 0, (res.output, res.exception)
     return out

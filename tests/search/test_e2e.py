@@ -6,18 +6,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from entry_point import automerge_cmd, cli_env
 from search_helpers import check_invariants
 from optuna.trial import TrialState
 
 from automerge.search.study import SearchStudy
-
-HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +96,8 @@ def test_search_end_to_end_on_the_test_zoo(test_zoo, tmp_path, capsys):
 def test_cli_kill_9_then_resume(test_zoo, tmp_path):
     space = zoo_space(test_zoo, tmp_path / "space.yaml", name="killcli", budget={"trials": 10})
     results = tmp_path / "results"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, str(HERE / "cli_main.py"), "search", str(space), "--quiet", "--threads", "1", "--no-report",
+    env = cli_env()
+    cmd = [*automerge_cmd(), "search", str(space), "--quiet", "--threads", "1", "--no-report",
            "--results-dir", str(results)]
     log = results / "killcli" / "search.log"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
@@ -121,7 +119,7 @@ def test_cli_kill_9_then_resume(test_zoo, tmp_path):
     before = {r: {t.number: t.values for t in study.trials(r, [TrialState.COMPLETE])} for r in range(3)}
     study.close()
     # `automerge search --study NAME` continues the killed run from storage alone
-    res = subprocess.run([sys.executable, str(HERE / "cli_main.py"), "search", "--study", "killcli", "--quiet",
+    res = subprocess.run([*automerge_cmd(module=True), "search", "--study", "killcli", "--quiet",
                           "--threads", "1", "--no-report", "--results-dir", str(results)], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
