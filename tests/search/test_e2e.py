@@ -7,56 +7,13 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 from entry_point import automerge_cmd, cli_env
-from search_helpers import check_invariants
+from search_helpers import check_invariants, zoo_space
 from optuna.trial import TrialState
 
 from automerge.search.study import SearchStudy
-
-
-@pytest.fixture(scope="session")
-def test_zoo(tmp_path_factory):
-    import torch
-
-    from automerge.zoo.build import build_zoo
-
-    out = tmp_path_factory.mktemp("zoo") / "zoo"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        build_zoo(size="test", out=out, seed=0, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    return out / "models"
-
-
-def zoo_space(models: Path, path: Path, **over) -> Path:
-    d = {
-        "name": "e2e",
-        "base": str(models / "base"),
-        "specialists": [{"name": "code", "path": str(models / "code"), "domain": "code"},
-                        {"name": "lang", "path": str(models / "lang"), "domain": "nl"}],
-        "references": [{"name": "mix", "path": str(models / "mix")}],
-        "methods": ["task_arithmetic", "ties", "dare_ties", "linear"],
-        "parameters": {"weight": [0.0, 1.5], "density": [0.1, 1.0], "lambda": 1.0},
-        "objectives": [
-            {"name": "code", "tasks": {"code_body_ll": 1.0},
-             "full_tasks": {"code_body_ll": 1.0, "ext_code_body_ll": 1.0}},
-            {"name": "nl", "tasks": {"prose_ll": 1.0}, "full_tasks": {"prose_ll": 1.0, "ext_prose_ll": 1.0}},
-        ],
-        "rungs": {"items": [8, 24], "eta": 3},
-        "full_evaluation": {"tasks": [], "limit": 60},
-        "budget": {"trials": 12},
-        "device": "cpu",
-        "seed": 0,
-    }
-    d.update(over)
-    path.write_text(yaml.safe_dump(d, sort_keys=False))
-    return path
 
 
 def test_search_end_to_end_on_the_test_zoo(test_zoo, tmp_path, capsys):
