@@ -60,6 +60,9 @@ def test_every_shipped_zoo_model_loads_as_zoo_json_says():
     size = sum(f.stat().st_size for f in MODELS.rglob("*") if f.is_file())
     assert round(size / 2**20) == readme_number(r"(\d+) MB in all") or round(size / 1e6) == readme_number(
         r"(\d+) MB in all"), size
+    # README: "Held-out data (1 file in 10, never seen by any model)": the split rule zoo.json records
+    every = re.search(r"% (\d+) == 0", meta["corpus"]["info"]["heldout_rule"])
+    assert every and int(every.group(1)) == readme_number(r"Held-out data \(1 file in (\d+),")
     for rel, info in meta["data_files"].items():  # the shipped data is the data the card measured
         path = ZOO / "data" / rel
         assert path.stat().st_size == info["bytes"], rel
