@@ -226,21 +226,32 @@ def test_cli_merge_bad_input_writes_nothing(zoo, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["bad.yaml"]
 
 
-def test_ties_thresholds_on_the_grid_are_looked_up_not_recomputed(zoo, merger, monkeypatch):
-    """Densities on the 1/1000 grid cost a lookup after the one sort per tensor, and give the
-    exact threshold; tensors whose size is no multiple of 1000 included."""
-    import automerge.engine as engine
+def sorted_threshold(d: torch.Tensor, density: float) -> float:
+    """The k-th largest |d| by a full sort: what the engine's selection must reproduce."""
+    from automerge.methods import magnitude_k
 
-    merger._thresholds.clear()
-    merger._sorted_grid.clear()
-    for idx, t in enumerate(merger.tensors):  # build the grid and check it against exact selection
-        for density in (0.3, 0.5, 0.7):
-            exact = engine.magnitude_threshold(t.deltas[0].float().abs(), density)
-            assert merger._threshold(idx, t, 0, density) == exact, (t.name, density)
-    merger._thresholds.clear()
-    calls = []
-    monkeypatch.setattr(engine, "magnitude_threshold", lambda *a, **k: calls.append(a) or 0.0)
-    for idx, t in enumerate(merger.tensors):
-        if t.deltas[0].numel() >= 1000:
-            merger._threshold(idx, t, 0, 0.3)
-    assert calls == []
+    k = magnitude_k(d.numel(), density)
+    return d.float().abs().flatten().sort(descending=True).values[k - 1].item()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_ties_thresholds_are_selected_exactly_without_a_sort(zoo, dtype, monkeypatch):
+    """Every TIES threshold equals the sort-based one, through the selection paths the large
+    tensors take (forced here on tiny ones); fp16/bf16 task vectors build their magnitude
+    histogram once, and later densities are lookups in it."""
+    import automerge.engine as engine
+    import automerge.methods._sparsify as sparsify
+
+    monkeypatch.setattr(sparsify, "_SORT_BELOW", 0)  # radix selection even on tiny tensors
+    monkeypatch.setattr(engine, "HISTOGRAM_ABOVE", 0)
+    m = ResidentMerger(base=zoo["base"], specialists={"code": zoo["code"], "lang": zoo["lang"]}, dtype=dtype)
+    builds = []
+    real = engine.half_magnitude_counts
+    monkeypatch.setattr(engine, "half_magnitude_counts", lambda d: builds.append(1) or real(d))
+    for idx, t in enumerate(m.tensors):
+        for i in range(2):
+            for density in (0.3, 0.5, 0.537, 0.999):
+                got = m._threshold(idx, t, i, density)
+                assert got == sorted_threshold(t.deltas[i], density), (t.name, i, density)
+    expected = 2 * len(m.tensors) if dtype != "float32" else 0
+    assert len(builds) == expected  # one histogram per task vector, not one per density
