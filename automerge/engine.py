@@ -356,7 +356,7 @@ class ResidentMerger:
                         if densities[i] >= 1:
                             continue
                         torch.lt(noise_rows[i][s:e], densities[i], out=buf.keep[:c])
-                        torch.abs(rows[i][s:e], out=buf.tmp[:c])
+                        buf.tmp[:c].copy_(rows[i][s:e]).abs_()  # fp32 scratch from any storage dtype
                         kept[i] += float(torch.dot(buf.tmp[:c], buf.keep[:c]))
                 weights = [
                     w * (b / a) if d < 1 and a >= L1_EPS and b >= L1_EPS else w
@@ -376,16 +376,19 @@ class ResidentMerger:
                     u[i].copy_(d)
                     continue
                 if method == "ties":
-                    torch.abs(d, out=tmp)
+                    tmp.copy_(d).abs_()  # abs(out=) refuses an fp32 out for bf16/fp16 storage
                     torch.ge(tmp, thresholds[i], out=keep)
                 else:
                     torch.lt(noise_rows[i][s:e], densities[i], out=keep)
                 torch.mul(d, keep, out=u[i])
             if consensus:
-                # elected sign S = +1 where sum_i w_i u_i >= 0 else -1; entry i counts where w_i u_i S > 0
+                # elected sign S = +1 where sum_i w_i u_i >= 0 else -1; entry i counts where w_i u_i S > 0.
+                # Each product rounded before the sum, as methods' reference: add_(alpha=) may fuse
+                # into an FMA, and then exact cancellations (frequent in bf16 task vectors) elect -1.
                 torch.mul(u[0], weights[0], out=mixed)
                 for i in range(1, k):
-                    mixed.add_(u[i], alpha=weights[i])
+                    torch.mul(u[i], weights[i], out=tmp)
+                    mixed.add_(tmp)
                 sign = buf.sign[:c]
                 torch.ge(mixed, 0, out=sign)
                 sign.mul_(2).sub_(1)

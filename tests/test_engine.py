@@ -111,6 +111,28 @@ def test_fused_kernel_equals_pure_function(method, normalize, zoo, merger):
         torch.testing.assert_close(got[t.name], expected, rtol=1e-5, atol=1e-6, msg=t.name)
 
 
+@pytest.mark.parametrize("method", sorted(FUSED))
+def test_fused_kernel_on_bf16_storage_equals_pure_function(method, zoo):
+    """bf16 resident task vectors (the GPU setting) go through the same fused kernels."""
+    m = ResidentMerger(base=zoo["base"], specialists={"code": zoo["code"], "lang": zoo["lang"]}, dtype="bfloat16")
+    r = recipe(zoo, method, seed=5)
+    m.chunk = 97
+    m.apply(r)
+    got = live(m)
+    impl = get_method(method)
+    grouping = m.grouping(r)
+    for t in m.tensors:
+        params, per_model = impl.check_params(*r.resolve(t.name, grouping))
+        noise = random_noise(tuple(t.deltas.shape), seed=5, tensor_name=t.name) if impl.random else None
+        expected = impl.merge_tensor(
+            t.base.float(), t.deltas.float(),
+            per_model={k: [pm[k] for pm in per_model] for k in per_model[0]},
+            params=params, noise=noise, tensor_name=t.name,
+        )
+        assert got[t.name].dtype == torch.bfloat16
+        torch.testing.assert_close(got[t.name], expected.to(torch.bfloat16), msg=t.name)
+
+
 def test_dare_reproducible_under_seed(zoo):
     a = ResidentMerger(base=zoo["base"], specialists={"code": zoo["code"], "lang": zoo["lang"]})
     b = ResidentMerger(base=zoo["base"], specialists={"code": zoo["code"], "lang": zoo["lang"]})

@@ -20,6 +20,7 @@ keeps exactly mergekit's count instead, breaking ties by flattened index
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -70,8 +71,8 @@ def _rescaled(
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 _SORT_BELOW = 1 << 14  # below this many entries one small sort beats two passes
-_PATTERNS = 1 << 15  # fp16/bf16 magnitudes: 15 bits (the sign bit dropped)
-_BUCKETS = 1 << 16  # fp32: the top 16 bits of the 31-bit magnitude pattern (1/128 of an octave each)
+_PATTERNS = 1 << 15  # 15-bit magnitude keys: a half's bits, or an fp32's top 16, the sign bit dropped
+_HIGH_HALF = 1 if sys.byteorder == "little" else 0  # which int16 of an fp32 holds its top 16 bits
 
 
 def _chunks(flat: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -81,20 +82,31 @@ def _chunks(flat: torch.Tensor) -> Iterator[torch.Tensor]:
         yield flat[start:start + step]
 
 
+def _magnitude_keys(piece: torch.Tensor) -> torch.Tensor:
+    """int16 keys ordered like |x|: for non-negative floats the bit pattern read as an integer
+    orders like the value. fp16/bf16: the whole pattern (exact); fp32: its top 16 bits (a
+    bucket 1/128 of an octave wide). One strided pass, no int32/int64 copy."""
+    halves = piece.view(torch.int16)
+    return (halves if piece.dtype in HALF_DTYPES else halves[_HIGH_HALF::2]).bitwise_and(0x7FFF)
+
+
+def _key_counts(flat: torch.Tensor) -> torch.Tensor:
+    counts = torch.zeros(_PATTERNS, dtype=torch.int64, device=flat.device)
+    for piece in _chunks(flat):
+        counts += torch.bincount(_magnitude_keys(piece), minlength=_PATTERNS)
+    return counts
+
+
 def half_magnitude_counts(x: torch.Tensor) -> torch.Tensor:
     """counts[p] = entries of fp16/bf16 `x` whose |x| has bit pattern <= p (cumulative, 2^15 long).
 
-    For non-negative floats the bit pattern read as an integer orders like the value, so
-    this one O(n) histogram answers every rank at once (`half_magnitude_at`). int32 when
-    it fits, to keep a cached copy small.
+    One O(n) histogram that answers every rank at once (`half_magnitude_at`); int32 when it
+    fits, to keep a cached copy small.
     """
     if x.dtype not in HALF_DTYPES:
         raise TypeError(f"half_magnitude_counts needs a float16/bfloat16 tensor, got {x.dtype}")
     flat = x.reshape(-1)
-    counts = torch.zeros(_PATTERNS, dtype=torch.int64, device=x.device)
-    for piece in _chunks(flat):
-        counts += torch.bincount(piece.view(torch.int16).to(torch.int32).bitwise_and_(0x7FFF), minlength=_PATTERNS)
-    counts = counts.cumsum_(0)
+    counts = _key_counts(flat).cumsum_(0)
     return counts.to(torch.int32) if flat.numel() < 2**31 else counts
 
 
@@ -110,7 +122,7 @@ def smallest_magnitudes(x: torch.Tensor, ranks: Sequence[int]) -> list[float]:
     for every r in ranks, exactly, as Python floats (x NaN-free).
 
     Selection over the float bit patterns, O(n), never a full sort: fp16/bf16 take one
-    histogram of the 2^15 magnitude patterns; fp32 takes a histogram of the top 16 bits,
+    histogram of the 2^15 magnitude patterns; fp32 takes a histogram of its top 16 bits,
     which names each rank's bucket, then a second pass collects only those buckets'
     entries and sorts them (a bucket is 1/128 of an octave: a sliver of the tensor). Both
     passes run in fixed-size chunks. Other dtypes (float64) fall back to kthvalue per rank.
@@ -131,24 +143,18 @@ def smallest_magnitudes(x: torch.Tensor, ranks: Sequence[int]) -> list[float]:
     if flat.dtype != torch.float32:
         mags = flat.abs()
         return [torch.kthvalue(mags, r).values.item() for r in ranks]
-
-    def bucket(piece: torch.Tensor) -> torch.Tensor:
-        # bits 30..15 of the pattern; the arithmetic shift's sign copies are masked off: |x|'s bucket
-        return piece.view(torch.int32).bitwise_right_shift(15).bitwise_and_(_BUCKETS - 1)
-
-    counts = torch.zeros(_BUCKETS, dtype=torch.int64, device=flat.device)
-    for piece in _chunks(flat):
-        counts += torch.bincount(bucket(piece), minlength=_BUCKETS)
+    counts = _key_counts(flat)
     cum = counts.cumsum(0)
     want = torch.tensor(ranks, dtype=torch.int64, device=flat.device)
     where = torch.searchsorted(cum, want)  # each rank's bucket
     within = want - (cum[where] - counts[where])  # its 1-based rank inside the bucket
-    targets = torch.unique(where)  # sorted
-    picked = torch.cat([piece[torch.isin(bucket(piece), targets)].abs() for piece in _chunks(flat)]).sort().values
-    # Buckets order like values, so `picked` holds the target buckets one after another.
-    sizes = counts[targets]
+    targets = torch.unique(where).to(torch.int16)  # sorted
+    picked = torch.cat([piece[torch.isin(_magnitude_keys(piece), targets)].abs() for piece in _chunks(flat)])
+    # Buckets order like values, so sorted `picked` holds the target buckets one after another.
+    picked = picked.sort().values
+    sizes = counts[targets.long()]
     starts = sizes.cumsum(0) - sizes
-    return picked[starts[torch.searchsorted(targets, where)] + within - 1].tolist()
+    return picked[starts[torch.searchsorted(targets.long(), where)] + within - 1].tolist()
 
 
 # ---------------------------------------------------------------- magnitude (TIES)
