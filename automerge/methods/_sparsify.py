@@ -148,13 +148,27 @@ def smallest_magnitudes(x: torch.Tensor, ranks: Sequence[int]) -> list[float]:
     want = torch.tensor(ranks, dtype=torch.int64, device=flat.device)
     where = torch.searchsorted(cum, want)  # each rank's bucket
     within = want - (cum[where] - counts[where])  # its 1-based rank inside the bucket
-    targets = torch.unique(where).to(torch.int16)  # sorted
-    picked = torch.cat([piece[torch.isin(_magnitude_keys(piece), targets)].abs() for piece in _chunks(flat)])
+    targets = torch.unique(where)  # sorted
+    wanted = targets.tolist()
+    table = None
+    if len(wanted) > 4:  # many buckets: one lookup per entry instead of a compare per bucket
+        table = torch.zeros(_PATTERNS, dtype=torch.bool, device=flat.device)
+        table[targets] = True
+
+    def in_targets(keys: torch.Tensor) -> torch.Tensor:
+        if table is not None:
+            return table[keys.to(torch.int32)]
+        mask = keys == wanted[0]
+        for key in wanted[1:]:
+            mask |= keys == key
+        return mask
+
+    picked = torch.cat([piece[in_targets(_magnitude_keys(piece))].abs() for piece in _chunks(flat)])
     # Buckets order like values, so sorted `picked` holds the target buckets one after another.
     picked = picked.sort().values
-    sizes = counts[targets.long()]
+    sizes = counts[targets]
     starts = sizes.cumsum(0) - sizes
-    return picked[starts[torch.searchsorted(targets.long(), where)] + within - 1].tolist()
+    return picked[starts[torch.searchsorted(targets, where)] + within - 1].tolist()
 
 
 # ---------------------------------------------------------------- magnitude (TIES)

@@ -276,6 +276,8 @@ def test_selection_equals_sort(dtype, force_radix, monkeypatch):
         n = x.numel()
         ranks = sorted({1, 2, n // 3, n // 2, n // 2 + 1, n - 1, n})
         assert smallest_magnitudes(x, ranks) == sorted_magnitudes(x, ranks), (label, dtype)
+        many = list(range(1, n + 1, max(1, n // 60)))  # a whole density grid at once
+        assert smallest_magnitudes(x, many) == sorted_magnitudes(x, many), (label, dtype)
         # d and |d| give the same magnitudes
         assert smallest_magnitudes(x.abs(), ranks[:2]) == smallest_magnitudes(x, ranks[:2]), label
         for density in (0.001, 0.3, 0.5, 0.9):
