@@ -54,6 +54,10 @@ if [ "$VENV" = 1 ]; then
   if [ ! -x "$ENV_DIR/bin/python" ]; then
     say "creating $ENV_DIR from $PY (system site packages: the image's torch)"
     "$PY" -m venv --system-site-packages "$ENV_DIR" || { echo "error: could not create a venv with $PY" >&2; exit 2; }
+    # The image's python3 may itself be a venv (/opt/torch/.venv), whose packages
+    # --system-site-packages does not reach: a .pth file puts its site-packages on the path too.
+    "$PY" -c "import site; print('\n'.join(site.getsitepackages()))" \
+      >"$("$ENV_DIR/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_image_site.pth"
   fi
   PYBIN="$ENV_DIR/bin/python"
   # --no-deps: the machine is offline; what the image lacks comes from --wheels below

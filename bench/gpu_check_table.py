@@ -63,14 +63,14 @@ def table(out: Path, elapsed: float | None) -> str:
             f"(read + write); the bytes one merge moves take {merge['bandwidth_bound_s'] * 1e3:.1f} ms at it. "
             f"Peak GPU memory: {merge.get('peak_gpu_memory_gib', float('nan')):.1f} GiB.",
             "",
-            "| method | first apply s | apply ms | × bandwidth bound | trials/hour (apply only) |",
-            "|---|---|---|---|---|",
+            "| method | first apply s | first ÷ apply | apply ms | × bandwidth bound | trials/hour (apply only) |",
+            "|---|---|---|---|---|---|",
         ]
         for method, m in merge["methods"].items():
             if "error" in m:
-                lines.append(f"| {method} | {m['error']} | – | – | – |")
+                lines.append(f"| {method} | {m['error']} | – | – | – | – |")
             else:
-                lines.append(f"| {method} | {m['first_s']:.2f} | {m['apply_s'] * 1e3:.1f} | "
+                lines.append(f"| {method} | {m['first_s']:.2f} | {m['first_x_apply']:.1f} | {m['apply_s'] * 1e3:.1f} | "
                              f"{m['x_bandwidth_bound']:.2f} | {m['trials_per_hour_apply_only']:.0f} |")
         lines.append("")
     lines += [
