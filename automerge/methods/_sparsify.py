@@ -73,6 +73,7 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 _SORT_BELOW = 1 << 14  # below this many entries one small sort beats two passes
 _PATTERNS = 1 << 15  # 15-bit magnitude keys: a half's bits, or an fp32's top 16, the sign bit dropped
 _HIGH_HALF = 1 if sys.byteorder == "little" else 0  # which int16 of an fp32 holds its top 16 bits
+_LOW = 1 << 16  # an fp32's low 16 bits: its rank inside a bucket
 
 
 def _chunks(flat: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -123,9 +124,10 @@ def smallest_magnitudes(x: torch.Tensor, ranks: Sequence[int]) -> list[float]:
 
     Selection over the float bit patterns, O(n), never a full sort: fp16/bf16 take one
     histogram of the 2^15 magnitude patterns; fp32 takes a histogram of its top 16 bits,
-    which names each rank's bucket, then a second pass collects only those buckets'
-    entries and sorts them (a bucket is 1/128 of an octave: a sliver of the tensor). Both
-    passes run in fixed-size chunks. Other dtypes (float64) fall back to kthvalue per rank.
+    which names each rank's bucket, then for one or two buckets a histogram of the low 16
+    bits of that bucket's entries (exact, no sort: quantized task vectors can pile half
+    their entries into one bucket); for more buckets it collects their entries and sorts
+    them. Passes run in fixed-size chunks. Other dtypes (float64) fall back to kthvalue.
     """
     ranks = [int(r) for r in ranks]
     flat = x.reshape(-1)
@@ -150,20 +152,22 @@ def smallest_magnitudes(x: torch.Tensor, ranks: Sequence[int]) -> list[float]:
     within = want - (cum[where] - counts[where])  # its 1-based rank inside the bucket
     targets = torch.unique(where)  # sorted
     wanted = targets.tolist()
-    table = None
-    if len(wanted) > 4:  # many buckets: one lookup per entry instead of a compare per bucket
-        table = torch.zeros(_PATTERNS, dtype=torch.bool, device=flat.device)
-        table[targets] = True
-
-    def in_targets(keys: torch.Tensor) -> torch.Tensor:
-        if table is not None:
-            return table[keys.to(torch.int32)]
-        mask = keys == wanted[0]
-        for key in wanted[1:]:
-            mask |= keys == key
-        return mask
-
-    picked = torch.cat([piece[in_targets(_magnitude_keys(piece))].abs() for piece in _chunks(flat)])
+    if len(wanted) <= 2:  # TIES, breadcrumbs: a histogram of each bucket's low 16 bits, no sort
+        low_counts = {}
+        for bucket in wanted:
+            hist = torch.zeros(_LOW + 1, dtype=torch.int64, device=flat.device)
+            for piece in _chunks(flat):
+                low = piece.view(torch.int16)[1 - _HIGH_HALF::2].to(torch.int32).bitwise_and_(_LOW - 1)
+                hist += torch.bincount(torch.where(_magnitude_keys(piece) == bucket, low, _LOW), minlength=_LOW + 1)
+            low_counts[bucket] = hist[:_LOW].cumsum_(0)
+        out = []
+        for bucket, rank in zip(where.tolist(), within.tolist()):
+            low = int(torch.searchsorted(low_counts[bucket], torch.tensor(rank, device=flat.device)))
+            out.append(torch.tensor([(bucket << 16) | low], dtype=torch.int32).view(torch.float32).item())
+        return out
+    table = torch.zeros(_PATTERNS, dtype=torch.bool, device=flat.device)  # many buckets: a lookup per entry
+    table[targets] = True
+    picked = torch.cat([piece[table[_magnitude_keys(piece).to(torch.int32)]].abs() for piece in _chunks(flat)])
     # Buckets order like values, so sorted `picked` holds the target buckets one after another.
     picked = picked.sort().values
     sizes = counts[targets]
