@@ -153,7 +153,7 @@ def test_demo_sample_pareto_equals_the_readme_table(demo_pareto):
         assert r["kind"].split()[0] == row["kind"] and ("★" in r["kind"]) == bool(row["on_front"]), r["trial"]
         assert r["label"] == row["label"] and r["method"] == (row["method"] if isinstance(row["method"], str) else "")
         assert r["params"] == (row["params"] if isinstance(row["params"], str) else "")
-        for col, src, scale in (("code", "code", 1), ("nl", "nl", 1), ("ret_code", "retention:code", 100),
+        for col, src, scale in (("code", "code [nats/token]", 1), ("nl", "nl [nats/token]", 1), ("ret_code", "retention:code", 100),
                                 ("ret_lang", "retention:lang", 100)):
             value = float(r[col].rstrip("%"))
             assert abs(row[src] * scale - value) <= _decimals(r[col]) * (1 + 1e-9), (r["trial"], col, value, row[src])
