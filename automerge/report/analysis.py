@@ -4,7 +4,7 @@
   trials after each completion, against wall time since the study's first trial started and
   against the compute the whole search had used by then (sum of ``compute_s`` of every trial
   of every rung finished so far). Each rung has one fixed reference point: just worse than
-  every completed trial there, baselines included (`automerge.search.pareto.reference_point`),
+  every completed trial there, baselines included (`automerge.pareto.reference_point`),
   so a rung's curve only rises.
 * `param_importances`: Optuna's `get_param_importances` (PED-ANOVA, the Optuna 5 default) on
   rung 0's search trials, once per objective and once for the front as a whole. Baselines
@@ -25,7 +25,7 @@ import pandas as pd
 
 from automerge.report.pareto_table import minimization, parse_recipe
 from automerge.report.study_reader import StudyData
-from automerge.search.pareto import hypervolume, reference_point
+from automerge.pareto import hypervolume, reference_point
 
 
 def hypervolume_history(data: StudyData) -> pd.DataFrame:

@@ -5,7 +5,7 @@
     row = pick(data, "knee")                     # a front trial (pandas Series)
 
 Which trials are on the front: the non-dominated *search* trials of the rung (the same set
-the scheduler promotes from; `automerge.search.pareto` does the sorting). Baselines (the
+the scheduler promotes from; `automerge.pareto` does the sorting). Baselines (the
 base model, each specialist alone, simple merges the search enqueues) and reference models
 (e.g. the data-mix model) are shown below the front and marked by ``kind``; the ``dominates``
 column of a front trial names the baselines/references it dominates *beyond the noise* (the
@@ -49,7 +49,7 @@ import yaml
 
 from automerge.errors import AutomergeError
 from automerge.report.study_reader import StudyData
-from automerge.search.pareto import dominates, non_dominated_sort, to_minimization
+from automerge.pareto import dominates, non_dominated_sort, to_minimization
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def model_weights(text: Any) -> dict[str, float]:
 
 
 def minimization(data: StudyData, df: pd.DataFrame) -> np.ndarray:
-    """Objective values of the rows in minimisation form (see automerge.search.pareto)."""
+    """Objective values of the rows in minimisation form (see automerge.pareto)."""
     if df.empty:
         return np.zeros((0, len(data.objectives)))
     return to_minimization(df[data.objectives].to_numpy(dtype=float), data.directions)

@@ -11,7 +11,7 @@ Study format: see `automerge.search.study` (module docstring). Optuna is importe
 this package (and the report), never by the core.
 """
 
-from automerge.search.pareto import (
+from automerge.pareto import (
     epsilon_net_order,
     hypervolume,
     hypervolume_contributions,

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from automerge.search.pareto import hypervolume, non_dominated_sort, reference_point, to_minimization
+from automerge.pareto import hypervolume, non_dominated_sort, reference_point, to_minimization
 from automerge.search.scheduler import SEARCH
 
 
@@ -146,7 +146,7 @@ def front_rows(snapshot: Any, rung: int | None = None) -> tuple[int, list[dict[s
 def _losses(space: Any, rung: int, trial: Any) -> list[tuple[float, float] | None]:
     """Per objective: (loss in nats/token, 95 % half-width) from the trial's per-item scores,
     for objectives of log-likelihood tasks; None otherwise (or without item data)."""
-    from automerge.search.noise import items_from_attrs, objective_loss, objective_se
+    from automerge.noise import items_from_attrs, objective_loss, objective_se
 
     items = items_from_attrs(trial.user_attrs)
     out: list[tuple[float, float] | None] = []

@@ -13,7 +13,7 @@ Layout in the storage (SQLite file `results/<study>/study.db` by default, or any
   (trial number of the lineage at rung 0), ``kind`` (search | baseline | reference), ``label``,
   ``key`` (the claim item, below), ``score:<task>`` (primary metric per task), ``n:<task>``,
   ``item_scores`` ({task: per-item scores in the task's fixed item order, {metric, n, num, den}
-  with base64 float32 arrays}, see `automerge.search.noise.ItemScores`; what error bars and
+  with base64 float32 arrays}, see `automerge.noise.ItemScores`; what error bars and
   paired comparisons are computed from), ``eval_items``, ``eval_seconds``, ``apply_seconds``, ``worker``, ``promotion`` (why it was
   promoted: top | front | yardstick), ``model_path`` (reference models), ``retry_of`` (trial
   number a re-run replaces: the replaced one is FAIL with a ``stale:`` reason and has the same
@@ -46,7 +46,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from automerge.errors import SpaceError
-from automerge.search.noise import items_from_attrs, objective_noise
+from automerge.noise import items_from_attrs, objective_noise
 from automerge.search.scheduler import SEARCH, Result
 from automerge.search.space import SearchSpace
 

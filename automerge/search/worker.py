@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from automerge.errors import AutomergeError
-from automerge.search.noise import ITEMS_ATTR, ItemScores
+from automerge.noise import ITEMS_ATTR, ItemScores
 from automerge.search.scheduler import BASELINE, REFERENCE, SEARCH, Scheduler
 from automerge.search.study import DONE, FAILED, RUNNING, ClaimRow, SearchStudy, Snapshot, make_sampler, \
     worker_alive, worker_id
@@ -674,7 +674,7 @@ class Worker:
 
 def _shown(space: Any, rung: int, values: Sequence[float], items: Mapping[str, ItemScores]) -> str:
     """Objective values for the log: a loss in nats/token where the items allow, else the value."""
-    from automerge.search.noise import objective_loss
+    from automerge.noise import objective_loss
 
     out = []
     for o, v in zip(space.objectives, values):
