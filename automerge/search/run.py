@@ -37,7 +37,7 @@ class SearchOptions:
     heartbeat: float = 15.0
     poll_interval: float = 2.0
     finalize: bool | None = None
-    report: bool = True  # write results/<study>/report.html at the end (automerge.report)
+    report: bool = True  # write results/<study>/report.html at the end (the CLI layer does: automerge.search_job)
     warm_start: list[Path] = field(default_factory=list)  # earlier recipes, evaluated first
 
 
@@ -47,6 +47,7 @@ class SearchOutcome:
     study_dir: Path
     stats: Any
     summary: Any
+    console: Any = None  # where the run printed (rich Console): the CLI layer prints the report line there
 
 
 def resolve(opts: SearchOptions) -> tuple[str, str, SearchSpace | None]:
@@ -179,11 +180,8 @@ def run_search(
             + ", ".join(f"{r.name}: {r.complete} done" + (f"/{r.failed} failed" if r.failed else "")
                         for r in summary.rungs))
         progress.console.print(f"study directory: {study_dir}  (storage {_safe_url(study.url)})")
-        report_line, report_path = _write_report(study, opts)
-        progress.console.print(report_line)
-        for line in _verdict(study, opts, report_path):
-            progress.console.print(line, highlight=False)
-        return SearchOutcome(study=study, study_dir=study_dir, stats=stats, summary=summary)
+        return SearchOutcome(study=study, study_dir=study_dir, stats=stats, summary=summary,
+                             console=progress.console)
     finally:
         study.close()
 
@@ -225,34 +223,6 @@ def _prepare_fisher(study: SearchStudy, study_dir: Path, progress: Any, *, devic
             files = study_fisher(study, study_dir, device=dev, progress=report)
     study.space._fisher = {n: str(p) for n, p in files.items()}
     progress.log("Fisher estimates: " + ", ".join(f"{n} {p}" for n, p in files.items()))
-
-
-def _write_report(study: SearchStudy, opts: SearchOptions) -> tuple[str, str | None]:
-    """Write the HTML report if the report package can; else say how to make it.
-    Returns (the line to print, the report's path or None)."""
-    hint = f"automerge report {study.name}"
-    if not opts.report:
-        return f"report: {hint}  →  {Path(opts.results_dir) / study.name / 'report.html'}", None
-    try:
-        from automerge.report import load_study
-        from automerge.report.html import write_report
-
-        path = write_report(load_study(study.name, storage=study.url, results_dir=opts.results_dir))
-        return f"report: {path}  (again any time: {hint})", str(path)
-    except Exception as err:  # noqa: BLE001 - the search is done; the report is a convenience
-        return f"report: run `{hint}` (could not write it now: {type(err).__name__}: {err})", None
-
-
-def _verdict(study: SearchStudy, opts: SearchOptions, report_path: str | None) -> list[str]:
-    """The end-of-run verdict in words (automerge.report.errorbars.verdict_lines)."""
-    try:
-        from automerge.report import load_study
-        from automerge.report.errorbars import verdict_lines
-
-        data = load_study(study.name, storage=study.url, results_dir=opts.results_dir)
-        return ["", *verdict_lines(data, report=report_path or f"automerge report {study.name}")]
-    except Exception as err:  # noqa: BLE001 - the search is done; the verdict is a convenience
-        return [f"verdict: could not be computed ({type(err).__name__}: {err}); see automerge pareto {study.name}"]
 
 
 def status(study_name: str | None, *, storage: str | None = None, results_dir: Path = Path("results"),

@@ -62,7 +62,7 @@ def zoo_space(models: Path, path: Path, **over) -> Path:
 
 
 def test_search_end_to_end_on_the_test_zoo(test_zoo, tmp_path, capsys):
-    from automerge.search.run import SearchOptions, run_search
+    from automerge.search_job import SearchOptions, run_search
 
     space = zoo_space(test_zoo, tmp_path / "space.yaml")
     results = tmp_path / "results"
