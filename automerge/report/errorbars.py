@@ -33,10 +33,11 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from automerge.report.study_reader import FULL, StudyData
 from automerge.noise import (Difference, ItemScores, items_for, items_from_attrs, objective_noise,
-                                    paired_difference, unit_of, verdict)
+                             paired_difference, unit_of, verdict)
 from automerge.pareto import dominates, non_dominated_sort
+from automerge.report.study_reader import StudyData
+from automerge.study_format import FULL
 
 LEVEL = 0.95
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from automerge.pareto import hypervolume, non_dominated_sort, reference_point, to_minimization
 from automerge.search.scheduler import SEARCH
+from automerge.study_format import rung_name, stored_recipe
 
 
 @dataclass
@@ -72,7 +73,7 @@ def summarize(snapshot: Any, budget: int | None = None) -> Summary:
     rungs: list[RungSummary] = []
     for r in range(study.num_rungs):
         trials = snapshot.trials[r]
-        rs = RungSummary(name=("full" if r == study.num_rungs - 1 else f"r{r}"), items=space.rung_limit(r))
+        rs = RungSummary(name=rung_name(r, study.num_rungs), items=space.rung_limit(r))
         results: list[tuple[tuple[float, ...], str]] = []
         search: list[tuple[int, tuple[float, ...]]] = []
         for t in trials:
@@ -127,13 +128,8 @@ def front_rows(snapshot: Any, rung: int | None = None) -> tuple[int, list[dict[s
         kind = t.user_attrs.get("kind", SEARCH)
         if kind == SEARCH and t.number not in on_front:
             continue
-        method = ""
-        recipe = t.user_attrs.get("recipe")
-        if recipe:
-            for line in recipe.splitlines():
-                if line.startswith("method:"):
-                    method = line.split(":", 1)[1].strip()
-                    break
+        recipe = stored_recipe(t.user_attrs)
+        method = recipe.method if recipe is not None else ""
         rows.append({"number": t.number, "kind": kind, "label": t.user_attrs.get("label", ""),
                      "method": method or ("model" if kind == "reference" else ""), "values": list(t.values),
                      "origin": t.user_attrs.get("origin"), "on_front": t.number in on_front,

@@ -10,7 +10,8 @@ from typing import Any, Callable, TextIO
 
 from automerge.errors import SpaceError
 from automerge.search.space import SearchSpace, parse_duration
-from automerge.search.study import SearchStudy, default_storage_url, open_storage, stored_space
+from automerge.search.study import SearchStudy, default_storage_url, stored_space
+from automerge.study_format import open_storage, redact
 
 DEMO_STUDY = "demo"
 
@@ -84,7 +85,7 @@ def prepare(opts: SearchOptions, *, check_models: bool = True) -> tuple[SearchSt
 
         check_sources(space)  # method fisher: estimate files and data exist (before anything is written)
     else:
-        storage = open_storage(url)
+        storage = open_storage(url, read_only=False)
         try:
             stored = stored_space(storage, name)
         finally:
@@ -161,7 +162,7 @@ def run_search(
                         warm_starts=warm_start_trials(space, opts.warm_start))
         progress.worker = worker
         budget = space.budget
-        progress.log(f"study {study.name} · storage {_safe_url(study.url)} · worker {worker.me} · "
+        progress.log(f"study {study.name} · storage {redact(study.url)} · worker {worker.me} · "
                      f"budget {budget.trials if budget.trials is not None else '∞'} trials"
                      + (f", {budget.wall_time:.0f}s" if budget.wall_time else "")
                      + f" · torch threads {threads or str(_torch_threads()) + ' (default; --threads N with several workers)'}")
@@ -179,7 +180,7 @@ def run_search(
             f"study {study.name}: {summary.samples} sampled trials; "
             + ", ".join(f"{r.name}: {r.complete} done" + (f"/{r.failed} failed" if r.failed else "")
                         for r in summary.rungs))
-        progress.console.print(f"study directory: {study_dir}  (storage {_safe_url(study.url)})")
+        progress.console.print(f"study directory: {study_dir}  (storage {redact(study.url)})")
         return SearchOutcome(study=study, study_dir=study_dir, stats=stats, summary=summary,
                              console=progress.console)
     finally:
@@ -241,7 +242,7 @@ def status(study_name: str | None, *, storage: str | None = None, results_dir: P
         snap = study.snapshot()
         s = summarize(snap, study.space.budget.trials)
         console = Console(file=stream, highlight=False, width=None if stream is None else 140)
-        table = Table(title=f"study {name} ({_safe_url(url)})")
+        table = Table(title=f"study {name} ({redact(url)})")
         for col in ("rung", "items/task", "done", "running", "failed", "front", "hypervolume", "best"):
             table.add_column(col, justify="right")
         for r in s.rungs:
@@ -258,16 +259,6 @@ def status(study_name: str | None, *, storage: str | None = None, results_dir: P
         return s
     finally:
         study.close()
-
-
-def _safe_url(url: str) -> str:
-    """A storage URL without its password."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001
-        return url
 
 
 def _torch_threads() -> int:

@@ -39,9 +39,9 @@ import numpy as np
 
 from automerge.noise import noisy_domination_matrix
 from automerge.pareto import TieBreak, mo_asha_order, non_dominated_sort, to_minimization
+from automerge.study_format import Kind
 
-SEARCH, BASELINE, REFERENCE = "search", "baseline", "reference"
-KINDS = (SEARCH, BASELINE, REFERENCE)
+SEARCH, BASELINE, REFERENCE = Kind.SEARCH, Kind.BASELINE, Kind.REFERENCE  # short names (the rules below)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from automerge.noise import ITEMS_ATTR, ItemScores
 from automerge.search.scheduler import BASELINE, REFERENCE, SEARCH, Scheduler
 from automerge.search.study import DONE, FAILED, RUNNING, ClaimRow, SearchStudy, Snapshot, make_sampler, \
     worker_alive, worker_id
+from automerge.study_format import rung_name
 
 # ------------------------------------------------------------------------------------------ runner
 
@@ -471,7 +472,7 @@ class Worker:
         space = self.space
         R = self.study.num_rungs
         attrs: dict[str, Any] = {
-            "rung": work.rung, "rung_name": "full" if work.rung == R - 1 else f"r{work.rung}",
+            "rung": work.rung, "rung_name": rung_name(work.rung, R),
             "items": space.rung_limit(work.rung), "kind": work.kind, "key": work.item, "worker": self.me,
             "parent": work.parent, "promotion": work.reason if work.parent is not None else None,
         }
