@@ -109,7 +109,8 @@ COMPUTE_ATTRS = (Attr.APPLY_SECONDS, Attr.EVAL_SECONDS)
 def stored_recipe(source: Mapping[str, Any] | str | None) -> Any:
     """The recipe a trial stored (its user_attrs, or the YAML text itself) as a `Recipe`; None
     when it has none (a reference model). Parsed once per text: the report asks for the same
-    recipe from several tables. Raises RecipeError for text that is no valid recipe."""
+    recipe from several tables, so callers share one instance: read it, never change it (copy
+    with ``model_copy`` to edit). Raises RecipeError for text that is no valid recipe."""
     text = source.get(Attr.RECIPE) if isinstance(source, Mapping) else source
     if not isinstance(text, str) or not text.strip():
         return None

@@ -7,8 +7,9 @@ multi-fidelity (MO-ASHA over rungs of nested evaluation subsets), resumable and 
     study = SearchStudy.open("demo", "sqlite:///results/demo/study.db", space)
     Worker(study, EngineRunner(space)).run()
 
-Study format: see `automerge.search.study` (module docstring). Optuna is imported only inside
-this package (and the report), never by the core.
+Study format: see `automerge.search.study` (module docstring) and `automerge.study_format` (its
+names, shared with the report). Optuna is imported only inside this package, the report and
+`automerge.study_format`, never by the core.
 """
 
 from automerge.pareto import (

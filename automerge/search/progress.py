@@ -18,7 +18,7 @@ import numpy as np
 
 from automerge.pareto import hypervolume, non_dominated_sort, reference_point, to_minimization
 from automerge.search.scheduler import SEARCH
-from automerge.study_format import rung_name, stored_recipe
+from automerge.study_format import Attr, rung_name, stored_recipe
 
 
 @dataclass
@@ -79,7 +79,7 @@ def summarize(snapshot: Any, budget: int | None = None) -> Summary:
         for t in trials:
             if t.state == TrialState.COMPLETE and t.values is not None:
                 rs.complete += 1
-                kind = t.user_attrs.get("kind", SEARCH)
+                kind = t.user_attrs.get(Attr.KIND, SEARCH)
                 results.append((tuple(t.values), kind))
                 if kind == SEARCH and all(math.isfinite(v) for v in t.values):
                     search.append((t.number, tuple(t.values)))
@@ -113,26 +113,26 @@ def front_rows(snapshot: Any, rung: int | None = None) -> tuple[int, list[dict[s
     if rung is None:
         rung = 0
         for r in reversed(range(study.num_rungs)):
-            if any(t.state == TrialState.COMPLETE and t.user_attrs.get("kind", SEARCH) == SEARCH
+            if any(t.state == TrialState.COMPLETE and t.user_attrs.get(Attr.KIND, SEARCH) == SEARCH
                    for t in snapshot.trials[r]):
                 rung = r
                 break
     done = [t for t in snapshot.trials[rung] if t.state == TrialState.COMPLETE and t.values is not None]
-    search = [t for t in done if t.user_attrs.get("kind", SEARCH) == SEARCH]
+    search = [t for t in done if t.user_attrs.get(Attr.KIND, SEARCH) == SEARCH]
     on_front: set[int] = set()
     if search:
         Y = to_minimization([t.values for t in search], space.directions)
         on_front = {search[i].number for i in non_dominated_sort(Y)[0]}
     rows = []
     for t in done:
-        kind = t.user_attrs.get("kind", SEARCH)
+        kind = t.user_attrs.get(Attr.KIND, SEARCH)
         if kind == SEARCH and t.number not in on_front:
             continue
         recipe = stored_recipe(t.user_attrs)
         method = recipe.method if recipe is not None else ""
-        rows.append({"number": t.number, "kind": kind, "label": t.user_attrs.get("label", ""),
+        rows.append({"number": t.number, "kind": kind, "label": t.user_attrs.get(Attr.LABEL, ""),
                      "method": method or ("model" if kind == "reference" else ""), "values": list(t.values),
-                     "origin": t.user_attrs.get("origin"), "on_front": t.number in on_front,
+                     "origin": t.user_attrs.get(Attr.ORIGIN), "on_front": t.number in on_front,
                      "losses": _losses(space, rung, t)})
     rows.sort(key=lambda x: (x["kind"] != SEARCH, -x["values"][0] if space.directions[0] == "maximize"
                              else x["values"][0]))

@@ -51,7 +51,7 @@ from automerge.errors import SpaceError
 from automerge.noise import items_from_attrs, objective_noise
 from automerge.search.scheduler import SEARCH, Result
 from automerge.search.space import SearchSpace
-from automerge.study_format import normalize_url, open_storage, retry as _retry, rung_name, rung_study_name, \
+from automerge.study_format import Attr, normalize_url, open_storage, retry as _retry, rung_name, rung_study_name, \
     sqlite_setup as _sqlite_setup
 
 CLAIMS_TABLE = "automerge_claims"
@@ -283,7 +283,7 @@ class SearchStudy:
                 continue
             if not all(math.isfinite(v) for v in t.values):
                 continue
-            out.append(Result(number=t.number, values=tuple(t.values), kind=t.user_attrs.get("kind", SEARCH),
+            out.append(Result(number=t.number, values=tuple(t.values), kind=t.user_attrs.get(Attr.KIND, SEARCH),
                               noise=self._noise(rung, t) if self.space.rungs.noise_z > 0 else None))
         return out
 
