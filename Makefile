@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned in the same pip command: unpinned, pip pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: test demo venv bench clean
+.PHONY: test demo venv bench clean sandbox-deps
 
 $(BIN)/automerge: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,20 @@ $(BIN)/automerge: pyproject.toml
 
 venv: $(BIN)/automerge
 
-test: venv
+# HumanEval's generated programs run in bubblewrap namespaces (automerge/eval/_sandbox.py). Installed
+# here when missing and we are root; otherwise say what to do (the tests fail under CI without it).
+sandbox-deps:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing bubblewrap (sandbox for generated programs)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null \
+	      || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }; \
+	  else \
+	    echo "sandbox-deps: bubblewrap (bwrap) is missing and this is not root with apt-get: install the" \
+	         "'bubblewrap' package yourself; until then generated programs run with weaker walls"; \
+	  fi; }
+
+test: venv sandbox-deps
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: venv

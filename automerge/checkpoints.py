@@ -25,7 +25,7 @@ from automerge.files import normal_modes
 from automerge.errors import CheckpointError, IncompatibleModelsError
 from automerge.layers import layer_index, num_hidden_layers
 
-ZOO_MODELS = ("base", "code", "lang", "tests", "mix")
+ZOO_MODELS = ("base", "code", "lang", "tests", "mix", "code-lora", "lang-lora")  # *-lora: PEFT adapters
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # Copied verbatim from the source checkpoint next to the merged weights.
@@ -178,7 +178,8 @@ class Checkpoint:
             other = sorted(f.name for f in p.glob("*.bin")) + sorted(f.name for f in p.glob("*.safetensors"))
             hint = f" (found {', '.join(other)}; convert to safetensors)" if other else ""
             if (p / "adapter_config.json").is_file():
-                hint = " (this is a PEFT/LoRA adapter: merge it into its base model first, e.g. merge_and_unload)"
+                hint = (" (this is a PEFT/LoRA adapter: use it as a specialist, read against the base, "
+                        "or merge it into its base model first, e.g. merge_and_unload)")
             raise CheckpointError(f"{p} has no weights: neither {SINGLE_FILE} nor {INDEX_FILE}{hint}")
         if not tensors:
             raise CheckpointError(f"{p} holds no tensors")
@@ -212,12 +213,7 @@ class Checkpoint:
     def read(self, name: str, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
         """Read one tensor (only its bytes), cast on `device`; CheckpointError if it holds NaN/Inf."""
         file, _ = self._entry(name)
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                t = f.get_tensor(name)
-        except SafetensorError as e:
-            raise CheckpointError(f"cannot read tensor {name!r} from {file}: {e}") from None
-        t = t.to(device)
+        t = self._load_raw(name, file).to(device)
         if t.is_floating_point() and not torch.isfinite(t).all():
             bad = int((~torch.isfinite(t)).sum())
             raise CheckpointError(f"tensor {name!r} in {file} holds {bad} NaN/Inf values; "
@@ -228,6 +224,15 @@ class Checkpoint:
                 raise CheckpointError(f"tensor {name!r} in {file} overflows when cast to {dtype}; "
                                       "use a wider dtype (float32 or bfloat16)")
         return t
+
+
+    def _load_raw(self, name: str, file: Path) -> torch.Tensor:
+        """One tensor as stored (subclasses read other formats: automerge.specialists)."""
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                return f.get_tensor(name)
+        except SafetensorError as e:
+            raise CheckpointError(f"cannot read tensor {name!r} from {file}: {e}") from None
 
 
 def _by_offset(header: dict[str, dict]) -> list[tuple[str, dict]]:

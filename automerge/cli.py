@@ -24,7 +24,7 @@ def _root() -> None:
 
 def _register_commands() -> None:
     # Each sub-package owns its commands; heavy imports happen inside the commands.
-    from automerge import fisher, merge_cli
+    from automerge import analyze_cli, fisher, heal_cli, merge_cli
     from automerge.eval import cli as eval_cli
     from automerge.report import cli as report_cli
     from automerge.search import cli as search_cli
@@ -36,6 +36,8 @@ def _register_commands() -> None:
     eval_cli.register(app)
     fisher.register(app)
     zoo_cli.register(app)
+    analyze_cli.register(app)
+    heal_cli.register(app)
 
 
 _register_commands()

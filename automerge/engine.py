@@ -35,6 +35,7 @@ from automerge.methods import (
     random_noise,
 )
 from automerge.recipe import Recipe
+from automerge.specialists import open_specialist, task_vector
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Methods with a fused, chunked kernel below; the rest go through methods.merge_tensor.
@@ -47,9 +48,17 @@ THRESHOLD_GRID = 1000
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RecipeError(f"device {device!r} is not a device; use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RecipeError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RecipeError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                          "use cuda:0 … or auto")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise RecipeError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or auto")
     return dev
 
 
@@ -88,7 +97,8 @@ class ResidentMerger:
         # Every check happens before any tensor data is read.
         self.base_checkpoint = Checkpoint.open(resolve_model_path(base))
         self.names = list(specialists)
-        self.checkpoints = [Checkpoint.open(resolve_model_path(p)) for p in specialists.values()]
+        # A HF model dir, a PEFT LoRA adapter or a state-dict file (the latter two read against the base).
+        self.checkpoints = [open_specialist(p, base=self.base_checkpoint) for p in specialists.values()]
         check_compatible(self.base_checkpoint, self.checkpoints)
         self.fisher_paths = {k: Path(v) for k, v in (fisher or {}).items()}
         # On a GPU one chunk is a whole tensor (kernel launches are the cost); on a CPU a chunk
@@ -110,8 +120,7 @@ class ResidentMerger:
                 base_t = param.detach().to(self.dtype).clone()
                 deltas = torch.empty((len(self.checkpoints), *param.shape), dtype=self.dtype, device=self.device)
                 for i, ckpt in enumerate(self.checkpoints):
-                    x = ckpt.read(name, dtype=torch.float32, device=self.device)
-                    deltas[i] = (x - base_t.float()).to(self.dtype)
+                    deltas[i] = task_vector(ckpt, name, base_t).to(self.dtype)  # LoRA: scale·B·A
                 self.tensors.append(_Tensor(name=name, param=param, base=base_t, deltas=deltas))
         self.num_layers = self.base_checkpoint.num_layers
         self._grouping: LayerGrouping | None = None

@@ -29,11 +29,16 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from automerge._lazy import LazyModule
 from automerge.errors import AutomergeError
 from automerge.files import atomic_path
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # `automerge --help` imports this module: torch only when used
 
 FORMAT = "automerge-fisher-1"
 

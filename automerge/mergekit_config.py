@@ -72,6 +72,23 @@ def model_path(ref: Any) -> str:
     return ref
 
 
+def lora_adapter_path(ref: Any, base: str | None, where: str) -> str | None:
+    """The adapter of a mergekit `MODEL+LORA` reference on the merge's base (automerge reads a LoRA
+    adapter as a specialist against the base), None for a plain model reference."""
+    if isinstance(ref, dict) and ref.get("lora"):
+        model, lora = ref.get("model"), ref.get("lora")
+        model = model.get("path") if isinstance(model, dict) else model
+        lora = lora.get("path") if isinstance(lora, dict) else lora
+    elif isinstance(ref, str) and "+" in ref and not Path(ref).exists():
+        model, lora = ref.split("+", 1)
+    else:
+        return None
+    if model != base:
+        raise RecipeError(f"{where}: LoRA {lora!r} is applied to {model!r}, not to base_model {base!r}; automerge "
+                          "reads an adapter against the merge's base: merge the LoRA into its model first")
+    return str(lora)
+
+
 def is_scalar(setting: Any) -> bool:
     return isinstance(setting, (bool, int, float, str))
 
@@ -146,7 +163,9 @@ def import_mergekit(data: Mapping[str, Any], *, source: str, method_names: Mappi
         sources, slice_params, ranges, base = _slices(data["slices"], base, source)
     else:
         entries = data.get("models") or []
-        sources = [_Source(path=model_path(e.get("model")), params=(e.get("parameters"),)) for e in entries]
+        sources = [_Source(path=lora_adapter_path(e.get("model"), base, f"{source}: models[{i}].model")
+                           or model_path(e.get("model")), params=(e.get("parameters"),))
+                   for i, e in enumerate(entries)]
         slice_params, ranges = [None], None
     # The base may be listed among the models (slerp, task arithmetic configs do); it is no specialist.
     specialists = [s for s in sources if s.path != base]

@@ -316,7 +316,7 @@ class Recipe(BaseModel):
             # mergekit's slerp interpolates between base_model (t=0) and the other model (t=1).
             models.append({"model": self.base})
         for m in self.models:
-            entry: dict[str, Any] = {"model": m.path}
+            entry: dict[str, Any] = {"model": _mergekit_model_ref(m.path, self.base)}
             if m.parameters:
                 entry["parameters"] = {k: setting(v) for k, v in m.parameters.items()}
             models.append(entry)
@@ -367,6 +367,28 @@ def _parse_yaml(text: str, source: str) -> dict:
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: expected a mapping at the top level")
     return data
+
+
+def _mergekit_model_ref(path: str, base: str | None) -> str:
+    """How mergekit names a specialist: a LoRA adapter as `BASE+ADAPTER` (mergekit merges it into the
+    base on load: the same task vector up to the base dtype's rounding); a state dict it cannot read."""
+    from automerge.checkpoints import resolve_model_path
+    from automerge.errors import CheckpointError
+    from automerge.specialists import is_lora_adapter, is_state_dict_file
+
+    try:
+        p = resolve_model_path(path)
+    except CheckpointError:
+        return path
+    if is_state_dict_file(p):
+        raise RecipeError(f"model {path!r} is a plain state dict, which mergekit cannot read; export the merged "
+                          "model (automerge merge), or save the specialist as a HF model dir (config.json + "
+                          "safetensors) and point the recipe at it")
+    if is_lora_adapter(p):
+        if base is None:
+            raise RecipeError(f"LoRA adapter {path!r} needs the recipe's base for mergekit's BASE+ADAPTER reference")
+        return f"{base}+{path}"
+    return path
 
 
 def _filters(per_tensor: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -9,7 +9,8 @@ names that layout uses, so both sides spell them once:
 * `Attr`: the trial user-attr keys;
 * `open_storage`: the Optuna storage of a URL, read-only (the report: nothing is created) or
   for writing (the search: SQLite gets its directory and safe locking);
-* `redact`: a storage URL without its password, for every message and page that shows one;
+* `redact` (from `automerge.errors`): a storage URL without its password, for every message
+  and page that shows one;
 * `stored_recipe`: a trial's recipe, parsed once into a typed `Recipe`.
 
     name = rung_study_name("night1", 2, 3)        # "night1:full"
@@ -26,7 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, TypeVar
 
-from automerge.errors import AutomergeError, SpaceError
+from automerge.errors import AutomergeError, SpaceError, redact, storage_failure  # noqa: F401 - redact: re-exported
 
 T = TypeVar("T")
 
@@ -131,11 +132,6 @@ class StudyNotFoundError(AutomergeError):
     """No storage or no study of that name."""
 
 
-def redact(url: str) -> str:
-    """A storage URL without its password (``postgresql://me:***@host/db``)."""
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
-
-
 def normalize_url(url: str) -> str:
     """`postgresql://` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is installed."""
     if url.startswith(("postgresql://", "postgres://")):
@@ -165,7 +161,11 @@ def open_storage(url: str, *, read_only: bool = True) -> Any:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise SpaceError(f"cannot create the directory of SQLite storage {url}: {err.strerror}; "
+                                 "pass --storage with a writable path") from None
         kwargs = {"connect_args": {"timeout": 120}}
     else:
         kwargs = {"pool_pre_ping": True}
@@ -176,7 +176,7 @@ def open_storage(url: str, *, read_only: bool = True) -> Any:
     try:
         storage = retry(make, what="open storage")
     except Exception as err:  # noqa: BLE001
-        raise SpaceError(f"cannot open study storage {redact(url)}: {err}") from None
+        raise SpaceError(storage_failure(url, err)) from None
     if url.startswith("sqlite"):
         sqlite_setup(storage.engine)
         storage.engine.dispose()
@@ -203,7 +203,7 @@ def _open_read_only(url: str) -> Any:
     try:
         return optuna.storages.RDBStorage(url, skip_table_creation=True)
     except Exception as err:  # noqa: BLE001 - driver errors vary; the message names the URL
-        raise StudyNotFoundError(f"cannot open storage {redact(url)}: {err}") from None
+        raise StudyNotFoundError(storage_failure(url, err)) from None
 
 
 def sqlite_setup(engine: Any) -> None:

@@ -273,8 +273,9 @@ def main(argv=None):
         "",
         "### HumanEval sandbox throughput (164 canonical solutions)",
         "",
-        f"Sandbox: network {info['network']} ({info['netns']}), user {info['user']}, child python "
-        f"{info['python']}, limits {info['limits']}.",
+        f"Sandbox: backend {info['backend']} (network: {info['network']}; processes: {info['processes']}), "
+        f"user {info['user']}, child python {info['python']}, limits {info['limits']}; tests run in a driver "
+        "outside the sandbox.",
         "",
         "| workers | programs | passed | seconds | programs/s |",
         "|---:|---:|---:|---:|---:|",

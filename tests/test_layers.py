@@ -33,16 +33,18 @@ ALLOWED = {
 # top-level modules and packages of automerge -> their layer
 TOP_LEVEL = {
     "": "base",  # the package itself (__version__)
-    "errors": "base", "files": "base", "layers": "base",
+    "errors": "base", "files": "base", "layers": "base", "_lazy": "base",
+    "spaces": "base",  # the shipped search spaces (data)
     "methods": "model", "checkpoints": "model", "recipe": "model", "mergekit_config": "model",
-    "fisher": "model",
+    "fisher": "model", "specialists": "model", "task_vectors": "model",
     "study_format": "format", "pareto": "format", "noise": "format",
-    "engine": "engine",
+    "engine": "engine", "heal": "engine",
     "eval": "eval",
     "search": "search",
     "report": "report",
     "zoo": "zoo",
-    "cli": "cli", "__main__": "cli", "merge_cli": "cli", "search_job": "cli",
+    "cli": "cli", "__main__": "cli", "merge_cli": "cli", "search_job": "cli", "analyze_cli": "cli",
+    "heal_cli": "cli",
 }
 CLI_SUBMODULES = {"cli"}  # search.cli, report.cli, eval.cli: the command line of their package
 

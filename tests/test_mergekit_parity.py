@@ -35,6 +35,12 @@ CASES = {
                         b={"weight": WEIGHT_B, "density": 0.6, "gamma": 0.2}),
     "breadcrumbs_ties": dict(parameters={"lambda": 0.9}, a={"weight": WEIGHT_A, "density": 0.7, "gamma": 0.1},
                              b={"weight": WEIGHT_B, "density": 0.6, "gamma": 0.1}),
+    # Negation: negative weights subtract a task vector (per group, crossing 0).
+    "task_arithmetic_negation": dict(method="task_arithmetic", parameters={},
+                                     a={"weight": 1.0}, b={"weight": {"block0": -0.5, "default": -0.8}}),
+    "ties_negation": dict(method="ties", parameters={"normalize": False},
+                          a={"weight": 0.9, "density": 0.6}, b={"weight": {"block1": 0.4, "default": -0.6},
+                                                                 "density": 0.5}),
     "model_stock": dict(parameters={}, a={}, b={}),
     "slerp": dict(parameters={"t": {"block0": 0.2, "block1.attn": 0.7, "default": 0.45}}, a={}, b=None),
     "nuslerp": dict(parameters={}, a={"weight": WEIGHT_A}, b={"weight": WEIGHT_B}),

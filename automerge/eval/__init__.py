@@ -1,23 +1,31 @@
 """Evaluation: proxy tasks and a batched log-likelihood scorer for search trials, the lm-eval
 bridge, and full evaluation (HumanEval in a sandbox, code summarisation, full held-out sets).
 
-Public API (see CONTRACTS.md, section eval/)::
+Public API (the task list: automerge/eval/README.md)::
 
     ev = Evaluator(tokenizer=tok, device="cpu")
     results = ev.run(model, ["prose_next_mc", "code_body_ll"], limit=32)   # dict[str, TaskResult]
     aggregate(results)                                                     # {"nl": …, "code": …}
 """
 
-from ._evaluator import Evaluator, TaskResult, aggregate, available_tasks
-from ._retention import retention_table
-from ._sandbox import Sandbox, SandboxLimits, SandboxResult, sandbox_info
-from ._scorer import loglikelihood, loglikelihood_rolling
-from ._split import is_quality_holdout
-from ._tasks import FULL_TASKS, PROXY_TASKS, proxy_task_names
+from importlib import import_module as _import_module
 
-__all__ = [
-    "Evaluator", "TaskResult", "aggregate", "available_tasks", "retention_table",
-    "Sandbox", "SandboxLimits", "SandboxResult", "sandbox_info",
-    "loglikelihood", "loglikelihood_rolling",
-    "PROXY_TASKS", "FULL_TASKS", "proxy_task_names", "is_quality_holdout",
-]
+# Imported on first use (PEP 562), so that `import automerge.eval.cli` (every `automerge` command
+# line) loads neither torch nor pandas: name -> the submodule that defines it.
+_LAZY = {
+    "Evaluator": "_evaluator", "TaskResult": "_evaluator", "aggregate": "_evaluator",
+    "available_tasks": "_evaluator",
+    "retention_table": "_retention",
+    "Sandbox": "_sandbox", "SandboxLimits": "_sandbox", "SandboxResult": "_sandbox", "sandbox_info": "_sandbox",
+    "loglikelihood": "_scorer", "loglikelihood_rolling": "_scorer",
+    "is_quality_holdout": "_split",
+    "FULL_TASKS": "_tasks", "PROXY_TASKS": "_tasks", "proxy_task_names": "_tasks",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(_import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

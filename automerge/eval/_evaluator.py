@@ -27,7 +27,7 @@ import torch
 
 from automerge.errors import EvalError
 
-from . import _tasks
+from . import _data_tasks, _tasks
 from ._generate import NonFiniteLogits, generate_greedy
 from ._lm_eval import PREFIX as LM_EVAL_PREFIX
 from ._scorer import (TokenEncoder, _pad_id, _tokenizer_max_length, attention_cost, build_plan,
@@ -55,6 +55,9 @@ def available_tasks() -> dict[str, str]:
     """Task name -> one-line description (proxies, full tasks, and the lm-eval bridge)."""
     out = {t.name: f"[proxy {t.domain} {t.kind}, {t.metric}] {t.description}" for t in PROXY_TASKS.values()}
     out.update({t.name: f"[full {t.domain}, {t.metric}] {t.description}" for t in FULL_TASKS.values()})
+    out[_data_tasks.PREFIX + "<file>.jsonl[?domain=nl|code&metric=NAME]"] = (
+        "your own items, one JSON object a line: {text} (per-token likelihood), {prompt, completion} or "
+        "{prompt, choices, answer} (multiple choice); scored like the proxies (nested fixed subsets)")
     out[LM_EVAL_PREFIX + "<name-or-yaml>[?domain=nl|code&metric=NAME]"] = (
         "any lm-eval task: a built-in name or a task YAML (relative data paths resolve against the YAML); "
         "proxy with limit (first n documents of a fixed shuffled order) or full without")
@@ -77,12 +80,16 @@ class _Prepared:
     items: list[dict]
     encoded: list[list[tuple[list[int], list[int]]]]   # per item: one (ctx, cont) per request
     cont_chars: list[list[int]]                        # per item: len(continuation) per request
+    kind: str = "ll"                                   # "mc" | "ll" | "text" (windows made per model length)
+    metric: str = "token_prob"
+    domain: str = "nl"
 
 
 @dataclass
 class _PooledPlan:
     plan: object
     slices: dict[str, tuple[int, int, int]] = field(default_factory=dict)   # task -> (start, end, n_items)
+    item_requests: dict[str, list[int]] = field(default_factory=dict)      # task -> requests per item
 
 
 class Evaluator:
@@ -109,6 +116,7 @@ class Evaluator:
         self._prepared: dict[str, _Prepared] = {}
         self._plans: dict[tuple, _PooledPlan] = {}
         self._lm_eval: dict[str, object] = {}
+        self._windows: dict[tuple[str, int], list[list[tuple[list[int], list[int]]]]] = {}
         self._hflm = None
         self._hflm_model_id: int | None = None
         self.last_humaneval = None   # HumanEvalReport of the last humaneval run (per-sample reasons)
@@ -117,15 +125,19 @@ class Evaluator:
 
     # ----------------------------------------------------------------------------------- setup
     def _check_names(self, tasks: Sequence[str]) -> None:
-        bad = [t for t in tasks if t not in PROXY_TASKS and t not in FULL_TASKS and not t.startswith(LM_EVAL_PREFIX)]
+        bad = [t for t in tasks if t not in PROXY_TASKS and t not in FULL_TASKS and not t.startswith(LM_EVAL_PREFIX)
+               and not _data_tasks.is_data_task(t)]
         if bad:
             raise EvalError(f"unknown task(s) {', '.join(map(repr, bad))}; known: "
-                            f"{', '.join([*PROXY_TASKS, *FULL_TASKS])}, or lm_eval:<name-or-yaml>")
+                            f"{', '.join([*PROXY_TASKS, *FULL_TASKS])}, lm_eval:<name-or-yaml> or data:<file>.jsonl")
+        for t in tasks:
+            if _data_tasks.is_data_task(t):
+                _data_tasks.parse(t)
 
     def prepare(self, task: str) -> None:
         """Load and tokenise a task now (otherwise done at its first run)."""
         self._check_names([task])
-        if task in PROXY_TASKS:
+        if task in PROXY_TASKS or _data_tasks.is_data_task(task):
             self._proxy(task)
         elif task.startswith(LM_EVAL_PREFIX):
             self._lm_eval_task(task)
@@ -135,17 +147,42 @@ class Evaluator:
     def _proxy(self, task: str) -> _Prepared:
         p = self._prepared.get(task)
         if p is None:
-            items = _tasks.ordered(_tasks.load_items(task, self.data_dir), task, self.seed)
-            reqs = [_tasks.requests_of(task, it) for it in items]
-            flat = [r for rs in reqs for r in rs]
-            enc = self._encoder.encode_pairs(flat)
-            encoded, pos = [], 0
-            for rs in reqs:
-                encoded.append(enc[pos:pos + len(rs)])
-                pos += len(rs)
-            p = _Prepared(items=items, encoded=encoded, cont_chars=[[len(c) for _, c in rs] for rs in reqs])
+            if _data_tasks.is_data_task(task):
+                dt = _data_tasks.load(task)
+                items = _tasks.ordered(dt.items, dt.name.order_key, self.seed)
+                kind, metric, domain = ("ll" if dt.kind == "completion" else dt.kind), dt.metric, dt.domain
+            else:
+                spec = PROXY_TASKS[task]
+                items = _tasks.ordered(_tasks.load_items(task, self.data_dir), task, self.seed)
+                kind, metric, domain = spec.kind, spec.metric, spec.domain
+            if kind == "text":   # windows depend on the model's context length: made in _pooled_plan
+                p = _Prepared(items=items, encoded=[], cont_chars=[], kind=kind, metric=metric, domain=domain)
+            else:
+                reqs = [[(it["context"], c) for c in it["choices"]] if kind == "mc"
+                        else [(it["context"], it["continuation"])] for it in items]
+                flat = [r for rs in reqs for r in rs]
+                try:
+                    enc = self._encoder.encode_pairs(flat)
+                except ValueError as e:
+                    raise EvalError(f"task {task!r}: {e}") from None
+                encoded, pos = [], 0
+                for rs in reqs:
+                    encoded.append(enc[pos:pos + len(rs)])
+                    pos += len(rs)
+                p = _Prepared(items=items, encoded=encoded, cont_chars=[[len(c) for _, c in rs] for rs in reqs],
+                              kind=kind, metric=metric, domain=domain)
             self._prepared[task] = p
         return p
+
+    def _item_requests(self, task: str, max_len: int) -> list[list[tuple[list[int], list[int]]]]:
+        """Encoded requests per item; a text item's are its rolling windows at this context length."""
+        p = self._proxy(task)
+        if p.kind != "text":
+            return p.encoded
+        key = (task, max_len)
+        if key not in self._windows:
+            self._windows[key] = [self._encoder.rolling_windows(it["text"], max_len) for it in p.items]
+        return self._windows[key]
 
     def _lm_eval_task(self, spec: str):
         t = self._lm_eval.get(spec)
@@ -158,7 +195,7 @@ class Evaluator:
     def task_size(self, task: str) -> int:
         """Number of items (documents, problems) the task has: the largest useful ``limit``."""
         self._check_names([task])
-        if task in PROXY_TASKS:
+        if task in PROXY_TASKS or _data_tasks.is_data_task(task):
             return len(self._proxy(task).items)
         if task == "summarization":
             return len(self._proxy("code_summary_ll").items)
@@ -181,7 +218,7 @@ class Evaluator:
         if model.training:
             model.eval()
         out: dict[str, TaskResult] = {}
-        proxies = [t for t in tasks if t in PROXY_TASKS]
+        proxies = [t for t in tasks if t in PROXY_TASKS or _data_tasks.is_data_task(t)]
         if proxies:
             out.update(self._run_proxies(model, proxies, limit))
         for t in tasks:
@@ -202,11 +239,14 @@ class Evaluator:
             encoded: list[tuple[list[int], list[int]]] = []
             groups: list[int] = []
             slices = {}
+            item_requests: dict[str, list[int]] = {}
             for t in tasks:
                 p = self._proxy(t)
                 n = len(p.items) if limit is None else min(limit, len(p.items))
                 start = len(encoded)
-                for reqs in p.encoded[:n]:
+                item_requests[t] = []
+                for reqs in self._item_requests(t, max_len)[:n]:
+                    item_requests[t].append(len(reqs))
                     g = len(groups)                  # one group per item: its choices share prefixes
                     encoded.extend(reqs)
                     groups.extend([g] * len(reqs))
@@ -214,7 +254,7 @@ class Evaluator:
             plan = build_plan(encoded, max_length=max_len, device=self.device, batch_tokens=self.batch_tokens,
                               pad_id=_pad_id(self.tokenizer), cut_long_continuations=True,
                               groups=groups if pack else None, attn_cost=attention_cost(model.config))
-            pp = _PooledPlan(plan=plan, slices=slices)
+            pp = _PooledPlan(plan=plan, slices=slices, item_requests=item_requests)
             self._plans[key] = pp
         return pp
 
@@ -224,23 +264,25 @@ class Evaluator:
         cont_tok = pp.plan.cont_lengths
         out = {}
         for t in tasks:
-            spec = PROXY_TASKS[t]
+            p = self._prepared[t]
             s, e, n = pp.slices[t]
             lls = ll[s:e]
             bad = int((~np.isfinite(lls)).sum())
             if bad:
-                out[t] = self._failed(t, spec.metric, spec.domain, n,
+                out[t] = self._failed(t, p.metric, p.domain, n,
                                       f"the model produced NaN/Inf logits ({bad} of {e - s} requests non-finite)")
                 continue
-            p = self._prepared[t]
-            if spec.kind == "mc":
+            if p.kind == "mc":
                 metrics = _mc_metrics(lls, p.items[:n], p.cont_chars[:n])
-                num, den = _mc_items(lls, p.items[:n], p.cont_chars[:n], spec.metric), None
+                num, den = _mc_items(lls, p.items[:n], p.cont_chars[:n], p.metric), None
             else:
                 metrics = _ll_metrics(lls, cont_tok[s:e])
-                num, den = lls, cont_tok[s:e]   # one request per item
-            out[t] = TaskResult(task=t, metric=spec.metric, score=float(metrics[spec.metric]), n=n,
-                                metrics=metrics, domain=spec.domain, item_num=tuple(float(x) for x in num),
+                # per item: the sum over its requests (a rolling-window `data:` text has several)
+                bounds = np.cumsum([0, *pp.item_requests[t]])
+                num = np.add.reduceat(lls, bounds[:-1]) if n else lls[:0]
+                den = np.add.reduceat(np.asarray(cont_tok[s:e], dtype=float), bounds[:-1]) if n else None
+            out[t] = TaskResult(task=t, metric=p.metric, score=float(metrics[p.metric]), n=n,
+                                metrics=metrics, domain=p.domain, item_num=tuple(float(x) for x in num),
                                 item_den=tuple(float(x) for x in (den if den is not None else [1.0] * n)))
         return out
 

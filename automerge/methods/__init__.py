@@ -4,7 +4,7 @@ Everything works per tensor on a base [*shape] and stacked task vectors
 deltas [k, *shape] (specialist minus base), in fp32, and returns base's dtype.
 The engine calls `get_method(name).merge_tensor(...)`; the building blocks
 below are public so it can pass cached statistics (thresholds, ranks, noise).
-See shared/MERGE_MATH.md for the exact semantics.
+See docs/merge-methods.md for the exact semantics.
 """
 
 from ._fisher import fisher_merge
@@ -43,7 +43,7 @@ from ._task_arithmetic import (
     ties,
 )
 
-fisher = fisher_merge  # the name CONTRACTS.md uses for the building block
+fisher = fisher_merge  # the building block under the method's registry name
 
 __all__ = [
     "METHODS", "REQUIRED", "MergeMethod", "Param", "get_method", "random_noise", "stable_seed",

@@ -7,7 +7,7 @@ can call any method the same way, once per tensor:
     params, per_model = method.check_params({"lambda": 0.8}, [{"weight": 1, "density": 0.3}, ...])
     merged = method.merge_tensor(base, deltas, per_model=per_model, params=params)
 
-Defaults are mergekit's (MERGE_MATH.md). A per-model parameter given among the
+Defaults are mergekit's (docs/merge-methods.md). A per-model parameter given among the
 global parameters applies to every model that does not set its own (mergekit's
 rule for a top-level `parameters:` entry).
 """

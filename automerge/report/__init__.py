@@ -14,6 +14,13 @@ CLI: `automerge pareto`, `automerge report`, `automerge export` (see `automerge.
 Browse any study interactively: `optuna-dashboard sqlite:///results/night1/study.db`.
 """
 
-from automerge.report.study_reader import StudyData, load_study
-
 __all__ = ["StudyData", "load_study"]
+
+
+# On first use (PEP 562): study_reader imports pandas, which `automerge --help` must not load.
+def __getattr__(name: str):
+    if name in __all__:
+        from automerge.report import study_reader
+
+        return getattr(study_reader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -113,12 +113,14 @@ def report_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: results/<study>/)."),
     storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
     results: Path = typer.Option(Path("results"), "--results-dir", help=RESULTS_HELP),
+    task_vectors: bool = typer.Option(False, "--task-vectors", help="Add the task-vector analysis of the "
+                                      "study's base and specialists (automerge analyze; reads every tensor once)."),
 ) -> None:
     """Write a self-contained report.html (opens offline) plus PNGs and CSVs."""
     from automerge.report.html import write_report
 
     data = _load(study, storage, results)
-    path = write_report(data, out)
+    path = write_report(data, out, task_vectors=task_vectors)
     typer.echo(f"report -> {path}")
 
 

@@ -38,8 +38,10 @@ COLORS = plots.COLORS
 TABLE_COLUMNS = ["rung", "trial", "kind", "label", "state", "method"]
 
 
-def write_report(data: StudyData, out_dir: str | Path | None = None) -> Path:
-    """Write report.html, the PNGs and the CSVs into out_dir (default the study directory)."""
+def write_report(data: StudyData, out_dir: str | Path | None = None, *, task_vectors: bool = False) -> Path:
+    """Write report.html, the PNGs and the CSVs into out_dir (default the study directory).
+
+    task_vectors: add the task-vector analysis of the study's models (reads every tensor once)."""
     out = Path(out_dir) if out_dir is not None else data.study_dir
     out.mkdir(parents=True, exist_ok=True)
     top = data.top_rung()
@@ -54,7 +56,15 @@ def write_report(data: StudyData, out_dir: str | Path | None = None) -> Path:
     table = pareto_table(data, top)
     write_text_atomic(out / "pareto.csv", table.to_csv(index=False))
     write_text_atomic(out / "trials.csv", trials_csv(data))
-    page = render(data, table=table, importances=importances, pngs=pngs)
+    extra: list[str] = []
+    if task_vectors:
+        from automerge.report.task_vector_section import task_vector_section
+
+        section, png = task_vector_section(data, out)
+        extra.append(section)
+        if png is not None:
+            pngs["task_vectors"] = png
+    page = render(data, table=table, importances=importances, pngs=pngs, extra_sections=extra)
     return write_text_atomic(out / "report.html", page)
 
 
@@ -296,7 +306,8 @@ def _rung_size_section(data: StudyData) -> list[str]:
     ]
 
 
-def render(data: StudyData, *, table: pd.DataFrame, importances: pd.DataFrame, pngs: dict[str, Path]) -> str:
+def render(data: StudyData, *, table: pd.DataFrame, importances: pd.DataFrame, pngs: dict[str, Path],
+           extra_sections: list[str] = ()) -> str:
     import plotly.offline
 
     top = data.top_rung()
@@ -359,6 +370,7 @@ def render(data: StudyData, *, table: pd.DataFrame, importances: pd.DataFrame, p
         "<p class='note'>Effective scale λ·w and density of each specialist in each layer group (embed → "
         "blocks → head), one line per front trial and specialist.</p>",
         _figure_html(profile_figure(data, top), "profiles", height=420),
+        *extra_sections,
         "<h2>All trials</h2>",
         "<input id='filter' placeholder='filter rows…' oninput=\"filterTable('trials-table', this.value)\">",
         f"<div class='scroll'>{html_table(trials_table(data), 'trials-table')}</div>",

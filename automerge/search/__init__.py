@@ -12,17 +12,19 @@ names, shared with the report). Optuna is imported only inside this package, the
 `automerge.study_format`, never by the core.
 """
 
-from automerge.pareto import (
-    epsilon_net_order,
-    hypervolume,
-    hypervolume_contributions,
-    mo_asha_order,
-    non_dominated_sort,
-    pareto_mask,
-    to_minimization,
-)
-from automerge.search.scheduler import Promotion, Result, Scheduler
-from automerge.search.space import SearchSpace
+from importlib import import_module as _import_module
+
+# Imported on first use (PEP 562), so that `automerge --help` loads none of numpy, pydantic, optuna
+# and torch through this package: name -> the submodule that defines it (dotted: a module below search).
+_LAZY = {
+    **dict.fromkeys(("epsilon_net_order", "hypervolume", "hypervolume_contributions", "mo_asha_order",
+                     "non_dominated_sort", "pareto_mask", "to_minimization"), "automerge.pareto"),
+    **dict.fromkeys(("Promotion", "Result", "Scheduler"), "scheduler"),
+    "SearchSpace": "space",
+    "SearchStudy": "study",  # optuna
+    "Worker": "worker", "EngineRunner": "worker",  # torch
+    "run_search": "run",
+}
 
 __all__ = [
     "SearchSpace", "Scheduler", "Result", "Promotion",
@@ -32,17 +34,8 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # lazy: these import optuna / torch
-    if name == "SearchStudy":
-        from automerge.search.study import SearchStudy
-
-        return SearchStudy
-    if name in ("Worker", "EngineRunner"):
-        from automerge.search import worker
-
-        return getattr(worker, name)
-    if name == "run_search":
-        from automerge.search.run import run_search
-
-        return run_search
-    raise AttributeError(name)
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = _LAZY[name]
+        return getattr(_import_module(module if "." in module else f"{__name__}.{module}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

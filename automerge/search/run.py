@@ -17,10 +17,19 @@ DEMO_STUDY = "demo"
 
 
 def demo_space_path() -> Path:
-    """search_spaces/demo.yaml beside the package (a source checkout)."""
+    """search_spaces/demo.yaml: in a source checkout the file beside the package (so an edit there
+    counts at once), else the copy installed with it as package data (`automerge.spaces`)."""
     import automerge
 
-    return Path(automerge.__file__).resolve().parent.parent / "search_spaces" / "demo.yaml"
+    checkout = Path(automerge.__file__).resolve().parent.parent / "search_spaces" / "demo.yaml"
+    if checkout.is_file():
+        return checkout
+    from importlib.resources import files
+
+    try:
+        return Path(str(files("automerge.spaces") / "demo.yaml"))
+    except ModuleNotFoundError:  # neither a checkout nor an installed wheel: named in resolve()'s error
+        return checkout
 
 
 @dataclass
@@ -80,6 +89,7 @@ def prepare(opts: SearchOptions, *, check_models: bool = True) -> tuple[SearchSt
     if space is not None:
         space = _with_overrides(space, opts)
         if check_models:
+            _check_device(space.device)
             space.check_models()  # fails before any model loads or anything is written
         from automerge.search.fisher import check_sources
 
@@ -93,6 +103,7 @@ def prepare(opts: SearchOptions, *, check_models: bool = True) -> tuple[SearchSt
         if stored is None:
             raise SpaceError(f"no study {name!r} in {url}; give a search space file to start it")
         if check_models:
+            _check_device(opts.device or stored.device)
             stored.check_models()
     study = SearchStudy.open(name, url, space)
     if space is None:
@@ -105,9 +116,22 @@ def prepare(opts: SearchOptions, *, check_models: bool = True) -> tuple[SearchSt
     return study, study_dir
 
 
+def _check_device(device: str) -> None:
+    """The device parses and exists here (the engine would fail on it only after the study is created)."""
+    from automerge.engine import pick_device
+    from automerge.errors import RecipeError
+
+    try:
+        pick_device(device)
+    except RecipeError as err:
+        raise SpaceError(str(err)) from None
+
+
 def _with_overrides(space: SearchSpace, opts: SearchOptions) -> SearchSpace:
     budget = space.budget
     update: dict[str, Any] = {}
+    if opts.threads is not None and opts.threads < 1:
+        raise SpaceError(f"--threads {opts.threads}: give at least 1 (cores / workers on a shared machine)")
     if opts.trials is not None:
         if opts.trials < 0:
             raise SpaceError("--trials must be >= 0")

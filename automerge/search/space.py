@@ -416,7 +416,8 @@ class SearchSpace(BaseModel):
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            raise SpaceError(f"{source}: not valid YAML: {err}") from None
+            raise SpaceError(f"{source}: not valid YAML: {yaml_problem(err)}; fix the file (search_spaces/demo.yaml "
+                             "shows the format)") from None
         return cls.from_dict(data if data is not None else {}, source=source)
 
     @classmethod
@@ -558,6 +559,7 @@ class SearchSpace(BaseModel):
                                                                f"({p.allowed()}); give a value or a range")
                         continue
                     _check_spec_against(p, spec, fail=lambda msg, path=path: fail(path, msg))
+            self._check_negation(name, m, fail)
         # Parameters no listed method takes are probably typos.
         taken = {p.name for n in self.method_names for p in METHODS[n].params}
         for pname in self.parameters:
@@ -581,6 +583,31 @@ class SearchSpace(BaseModel):
                 raise fail(f"references[{i}].name", f"{r.name!r} is also a specialist's name; rename it")
         self._check_tasks(fail)
 
+    def _check_negation(self, method: str, m: Any, fail: Callable[[str, str], SpaceError]) -> None:
+        """Negative weights (negation: subtracting a task vector) only where no weight sum divides.
+
+        A normalising merge divides by the sum of the (kept) weights; once a weight can be
+        negative that sum can be 0 or tiny and the merge explodes, so such a space is refused.
+        """
+        normalize = next((p for p in m.params if p.name == "normalize"), None)
+        if normalize is None:
+            return
+        spec = self.param_spec(method, "normalize")
+        if spec is None:
+            spec = normalize.default
+        can_normalize = True in spec.choices if isinstance(spec, Choice) else bool(spec)
+        if not can_normalize:
+            return
+        for s in self.specialists:
+            spec = self.param_spec(method, "weight", s.name)
+            values = ([spec.low] if isinstance(spec, Range) else spec.choices if isinstance(spec, Choice)
+                      else [spec])
+            if any(isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0 for v in values):
+                raise fail(self._spec_path(method, "weight", s.name),
+                           f"negative weights (negation) with {method}'s normalize=true divide by a weight sum "
+                           f"that can be 0; set normalize: false for {method} (methods.{method}.normalize), "
+                           "or use task_arithmetic for negation")
+
     def _check_fisher_sources(self, fail: Callable[[str, str], SpaceError]) -> None:
         """Method fisher: every specialist has an estimate file, data, or proxy items of its domain."""
         from automerge.search.fisher import proxy_tasks_for
@@ -599,15 +626,23 @@ class SearchSpace(BaseModel):
             from automerge.eval import available_tasks
         except ImportError:  # evaluation package not installed: checked when the evaluator starts
             return
+        from automerge.eval._data_tasks import is_data_task, parse
+        from automerge.errors import EvalError
+
         known = available_tasks()
 
         def ok(task: str) -> bool:
-            return task in known or task.startswith("lm_eval:") or any(
+            return task in known or task.startswith("lm_eval:") or is_data_task(task) or any(
                 task.startswith(k.rstrip("*")) for k in known if k.endswith("*"))
 
         for i, o in enumerate(self.objectives):
             for field, tasks in (("tasks", o.tasks), ("full_tasks", o.full_tasks or {})):
                 for t in tasks:
+                    if is_data_task(t):
+                        try:
+                            parse(t)      # the name only: the file is read by check_models
+                        except EvalError as err:
+                            raise fail(f"objectives[{i}].{field}.{t}", str(err)) from None
                     if not ok(t):
                         raise fail(f"objectives[{i}].{field}.{t}",
                                    f"unknown task {t!r}; known: {', '.join(sorted(known))} or lm_eval:<task>")
@@ -629,20 +664,44 @@ class SearchSpace(BaseModel):
                 raise SpaceError(f"{src}: {where}: {err}") from None
 
         base = open_at("base", self.base)
-        specs = [open_at(f"specialists[{i}].path", s.path) for i, s in enumerate(self.specialists)]
-        refs = [open_at(f"references[{i}].path", r.path) for i, r in enumerate(self.references)]
+
+        def open_against_base(where: str, path: str) -> Any:  # also LoRA adapters and state-dict files
+            from automerge.specialists import open_specialist
+
+            try:
+                return open_specialist(path, base=base)
+            except AutomergeError as err:
+                raise SpaceError(f"{src}: {where}: {err}") from None
+
+        specs = [open_against_base(f"specialists[{i}].path", s.path) for i, s in enumerate(self.specialists)]
+        refs = [open_against_base(f"references[{i}].path", r.path) for i, r in enumerate(self.references)]
         for where, group in (("specialists", specs), ("references", refs)):
             for i, ck in enumerate(group):
                 try:
                     check_compatible(base, [ck])
                 except AutomergeError as err:
                     raise SpaceError(f"{src}: {where}[{i}].path: cannot be merged with base {self.base}: {err}") from None
+        self._check_data_files()
         layers = base.num_layers
         too_many = [g for g in self.layer_groups.group_choices if g > layers]
         if too_many and self._any_per_group():
             raise SpaceError(f"{src}: layer_groups.num_groups: {too_many[0]} groups but the base has only "
                              f"{layers} layers; use at most {layers}")
         return {"num_layers": layers}
+
+    def _check_data_files(self) -> None:
+        """Read every data:PATH.jsonl task's file now, so a bad record fails before any model loads."""
+        from automerge.eval._data_tasks import is_data_task, load
+        from automerge.errors import EvalError
+
+        for i, o in enumerate(self.objectives):
+            for field, tasks in (("tasks", o.tasks), ("full_tasks", o.full_tasks or {})):
+                for t in tasks:
+                    if is_data_task(t):
+                        try:
+                            load(t)
+                        except EvalError as err:
+                            raise SpaceError(f"{self._source}: objectives[{i}].{field}.{t}: {err}") from None
 
     # -- trial -> recipe ---------------------------------------------------------------------
 
@@ -956,3 +1015,12 @@ def _yaml_path(loc: Sequence[Any]) -> str:
 
 if False:  # pragma: no cover - typing only
     from automerge.recipe import Recipe  # noqa: F401
+
+
+def yaml_problem(err: Exception) -> str:
+    """A YAML parse error on one line: what and where (line, column), not PyYAML's multi-line excerpt."""
+    problem = getattr(err, "problem", None) or getattr(err, "context", None)
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(err).split())[:300]

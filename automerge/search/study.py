@@ -242,6 +242,15 @@ class SearchStudy:
         _quiet_optuna()
         storage = open_storage(url, read_only=False)
         claims = Claims(url)
+        try:
+            return cls._open(name, url, space, storage, claims)
+        except BaseException:
+            storage.engine.dispose()     # closed: SQLite leaves no -wal/-shm files beside the study
+            claims.dispose()
+            raise
+
+    @classmethod
+    def _open(cls, name: str, url: str, space: SearchSpace | None, storage: Any, claims: Claims) -> "SearchStudy":
         stored = stored_space(storage, name)
         if stored is None:
             if space is None:
@@ -369,7 +378,7 @@ def _create_rung_studies(storage: Any, name: str, space: SearchSpace) -> None:
 
 
 def delete_search(name: str, url: str) -> None:
-    """Delete every rung study and the claims of a search (tests, `automerge search --fresh`)."""
+    """Delete every rung study and the claims of a search (tests; a user starts over under a new --study)."""
     import optuna
 
     storage = open_storage(url, read_only=False)

@@ -108,9 +108,9 @@ class EngineRunner:
         `apply` rewrites every tensor, so the merge does not see them."""
         import torch
 
-        from automerge.checkpoints import Checkpoint
+        from automerge.specialists import open_specialist
 
-        ckpt = Checkpoint.open(path)
+        ckpt = open_specialist(path, base=self.merger.base_checkpoint)  # a LoRA or state dict: base + delta
         live = self.merger.model.state_dict()
         with torch.no_grad():
             for name in ckpt.names:

@@ -6,14 +6,21 @@ block of ``automerge/zoo/README.md`` and writes ``DIR/data/card.json``.
 
 Scoring (nats per token, token-weighted over a domain):
 
-* text domains (code, prose, docstrings, tests, external code/prose): each record is ``<|endoftext|>``
+* text domains (code, prose, docstrings, tests, external code/prose, and the quality holdout
+  ``hold-code``/``hold-prose``: the external records for which ``automerge.eval.is_quality_holdout``
+  holds, which no proxy and no full evaluation reads): each record is ``<|endoftext|>``
   + its tokens, cut to the first ``max_doc_tokens`` predicted tokens, scored in windows of the model's
   context length;
 * pair domains (generation, summarisation): ``<|endoftext|>`` + prompt + target, loss on the target
   tokens only (the prompt is cut from the left to fit the context).
 
 Merges are computed here with plain torch in fp32 (the engine does the real thing):
-task arithmetic ``base + sum_i lam_i (theta_i - base)``; linear 0.5/0.5 is lam = (0.5, 0.5).
+task arithmetic ``base + sum_i lam_i (theta_i - base)``; linear 0.5/0.5 is lam = (0.5, 0.5); TIES
+(``automerge.methods.ties``: trim each task vector to its top ``density`` by magnitude, elect the sign,
+disjoint mean) with weights 1 and lam 1.
+
+:func:`targets` states the zoo's acceptance targets (issue 9) as figures computed from the card rows on
+the quality holdout; the card prints each with its threshold and met/missed.
 """
 
 from __future__ import annotations
@@ -28,13 +35,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from automerge.eval import is_quality_holdout
+
 TEXT_DOMAINS = {"code": "heldout/code.jsonl", "prose": "heldout/prose.jsonl",
                 "docstrings": "heldout/docstrings.jsonl", "tests": "heldout/tests.jsonl",
-                "ext-code": "external/code.jsonl", "ext-prose": "external/prose.jsonl"}
+                "ext-code": "external/code.jsonl", "ext-prose": "external/prose.jsonl",
+                "hold-code": "external/code.jsonl", "hold-prose": "external/prose.jsonl"}
+QUALITY_HOLDOUT = {"hold-code", "hold-prose"}  # only the records is_quality_holdout(source) keeps
 PAIR_DOMAINS = {"generation": "heldout/generation.jsonl", "summarisation": "heldout/summarisation.jsonl"}
-DOMAIN_ORDER = ("code", "prose", "docstrings", "generation", "summarisation", "tests", "ext-code", "ext-prose")
+DOMAIN_ORDER = ("code", "prose", "docstrings", "generation", "summarisation", "tests", "ext-code", "ext-prose",
+                "hold-code", "hold-prose")
 OWN_DOMAIN = {"code": ("code", "ext-code"), "lang": ("prose", "ext-prose"), "tests": ("tests",)}
 TA_GRID = (0.5, 1.0)
+TIES_DENSITY = 0.5
 CARD_START, CARD_END = "<!-- zoo-card:start -->", "<!-- zoo-card:end -->"
 
 
@@ -121,13 +134,25 @@ def task_arithmetic(base: Mapping[str, torch.Tensor], others: Sequence[Mapping[s
     return out
 
 
-def merge_list() -> list[tuple[str, tuple[str, ...], tuple[float, ...]]]:
-    """(label, specialists, lambdas) of the card's merges."""
-    out = [("linear code+lang 0.5/0.5", ("code", "lang"), (0.5, 0.5))]
+def ties_merge(base: Mapping[str, torch.Tensor], others: Sequence[Mapping[str, torch.Tensor]], *,
+               density: float, lam: float = 1.0) -> dict[str, torch.Tensor]:
+    """TIES over every tensor with weight 1 per specialist (the engine's pure function, fp32)."""
+    from automerge.methods import ties
+
+    k = len(others)
+    return {n: ties(b, torch.stack([o[n] - b for o in others]), weights=[1.0] * k, densities=[density] * k, lam=lam)
+            for n, b in base.items()}
+
+
+def merge_list() -> list[tuple[str, tuple[str, ...], tuple[float, ...], float | None]]:
+    """(label, specialists, lambdas, TIES density or None for task arithmetic) of the card's merges."""
+    out: list[tuple[str, tuple[str, ...], tuple[float, ...], float | None]] = [
+        ("linear code+lang 0.5/0.5", ("code", "lang"), (0.5, 0.5), None)]
     for lc in TA_GRID:
         for ll in TA_GRID:
             if (lc, ll) != (0.5, 0.5):
-                out.append((f"TA code {lc} + lang {ll}", ("code", "lang"), (lc, ll)))
+                out.append((f"TA code {lc} + lang {ll}", ("code", "lang"), (lc, ll), None))
+    out.append((f"TIES code+lang density {TIES_DENSITY}", ("code", "lang"), (1.0, 1.0), TIES_DENSITY))
     return out
 
 
@@ -144,12 +169,18 @@ def measure(zoo: Path, *, max_doc_tokens: int = 768, progress: bool = True, reus
     for d in DOMAIN_ORDER:
         rel = TEXT_DOMAINS.get(d) or PAIR_DOMAINS[d]
         recs = _read(data_dir / rel)
+        if d in QUALITY_HOLDOUT:
+            recs = [r for r in recs if is_quality_holdout(r["source"])]
         domains[d] = encode_domain(tok, recs, eot=eot, seq_len=seq_len, max_doc_tokens=max_doc_tokens,
                                    pairs=d in PAIR_DOMAINS)
     states = load_states(models_dir, ("base", "code", "lang", "tests", "mix"))
     entries: list[tuple[str, dict]] = [(n, states[n]) for n in ("base", "code", "lang", "tests", "mix")]
-    for label, names, lams in merge_list():
-        entries.append((label, task_arithmetic(states["base"], [states[n] for n in names], lams)))
+    for label, names, lams, density in merge_list():
+        others = [states[n] for n in names]
+        if density is None:
+            entries.append((label, task_arithmetic(states["base"], others, lams)))
+        else:
+            entries.append((label, ties_merge(states["base"], others, density=density, lam=lams[0])))
     rows: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
     for i, (label, sd) in enumerate(entries):
@@ -190,6 +221,49 @@ def checks(rows: Mapping[str, Mapping[str, float]], margin: float = 0.3, front_e
     return out
 
 
+HOLD = {"code": "hold-code", "lang": "hold-prose"}  # each specialist's own quality-holdout domain
+TARGET_MERGES = ("linear code+lang 0.5/0.5", "TA code 1.0 + lang 1.0", f"TIES code+lang density {TIES_DENSITY}")
+SPECIALIST_OVER_BASE, SPECIALIST_OVER_OTHER, MERGE_TRAILS = 0.25, 0.3, 0.1
+
+
+def targets(rows: Mapping[str, Mapping[str, float]]) -> list[dict]:
+    """The zoo's acceptance targets on the quality holdout (issue 9), each as a figure in nats/token.
+
+    Every figure is "the loser's loss minus the winner's", so higher is better and a target is met when
+    ``figure >= threshold`` (forgetting: ``> 0``, stated as threshold 0 with ``strict``).
+    """
+    out: list[dict] = []
+
+    def add(target: str, figure: float, threshold: float, strict: bool = False) -> None:
+        figure = round(figure, 4)
+        out.append({"target": target, "figure": figure, "threshold": threshold, "strict": strict,
+                    "met": figure > threshold if strict else figure >= threshold})
+
+    other = {"code": "lang", "lang": "code"}
+    for s, d in HOLD.items():
+        add(f"{s} beats base on {d}", rows["base"][d] - rows[s][d], SPECIALIST_OVER_BASE)
+    for s, d in HOLD.items():
+        add(f"{s} beats {other[s]} on {d}", rows[other[s]][d] - rows[s][d], SPECIALIST_OVER_OTHER)
+    for s, d in HOLD.items():
+        od = HOLD[other[s]]
+        add(f"{s} worse than base on {od} (forgetting)", rows[s][od] - rows["base"][od], 0.0, strict=True)
+    for m in TARGET_MERGES:
+        for s, d in HOLD.items():
+            add(f"{m} trails {s} on {d}", rows[m][d] - rows[s][d], MERGE_TRAILS)
+    return out
+
+
+def render_targets(tgts: Sequence[Mapping]) -> str:
+    lines = ["| target (quality holdout) | figure (nats/token) | needed | |", "|---|---:|---:|---|"]
+    for t in tgts:
+        need = f"> {t['threshold']:g}" if t["strict"] else f">= {t['threshold']:g}"
+        lines.append(f"| {t['target']} | {t['figure']:+.3f} | {need} | {'met' if t['met'] else 'MISSED'} |")
+    met = sum(t["met"] for t in tgts)
+    lines.append("")
+    lines.append(f"{met} of {len(tgts)} targets met.")
+    return "\n".join(lines) + "\n"
+
+
 def render(result: dict) -> str:
     rows = result["rows"]
     head = "| model | " + " | ".join(DOMAIN_ORDER) + " |"
@@ -218,6 +292,11 @@ def render(result: dict) -> str:
         lines.append(f"- Closest code+lang merge to both specialists: {worst[0]} (code +{worst[1]['gap_code']:.3f}, "
                      f"prose +{worst[1]['gap_prose']:.3f} nats); merges within 0.05 of both: "
                      f"{', '.join(ck['merges_within_eps_of_both']) or 'none'}.")
+    if result.get("targets"):
+        lines.append("")
+        lines.append("Targets on the quality holdout (`hold-code`, `hold-prose`):")
+        lines.append("")
+        lines.append(render_targets(result["targets"]).rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 
@@ -240,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reuse = json.loads(args.reuse.read_text()) if args.reuse else None
     result = measure(args.zoo, max_doc_tokens=args.max_doc_tokens, reuse=reuse)
     result["checks"] = checks(result["rows"])
+    result["targets"] = targets(result["rows"])
     table = render(result)
     print(table)
     print(json.dumps(result["checks"], indent=1))

@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
 
     @zoo.command("build")
     def build(
-        size: str = typer.Option("full", "--size", help="full: the shipped zoo (~15-20 min on 2 cores); "
+        size: str = typer.Option("full", "--size", help="full: the shipped zoo (~45 min on one CPU core); "
                                  "test: a tiny zoo in seconds, for tests (needs no apt package)."),
         out: Path = typer.Option(Path("zoo"), "--out", help="Output directory (must not exist or be empty)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the whole build (same seed + machine = same bytes)."),

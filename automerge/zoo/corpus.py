@@ -9,6 +9,7 @@ Domains
 * ``tests`` -- stdlib test modules (``test_*.py``), as found.
 * ``prose`` -- the Python documentation's reST sources (Debian ``python3.X-doc``) cleaned to plain
   prose, one record per ``.rst`` file.
+* ``bare_code`` -- the training code files without comments and docstrings (:func:`bare_code`).
 * derived from code files: ``docstrings`` (all docstrings of one file), generation pairs
   (signature + docstring -> body) and summarisation pairs (code without docstring -> summary);
   see :func:`function_pairs` for the exact formats.
@@ -158,6 +159,56 @@ def docstrings(text: str, tree: ast.Module | None = None) -> list[str]:
 
 def docstring_text(text: str, tree: ast.Module | None = None) -> str:
     return "\n\n".join(docstrings(text, tree))
+
+
+def bare_code(text: str, tree: ast.Module | None = None) -> str:
+    """The file without its comments and docstrings: code with (almost) no English in it.
+
+    The code specialist trains on this, so that it forgets prose instead of learning docstring English
+    (third-party prose is mostly docstrings and READMEs). Whole lines holding a docstring or only a
+    comment are dropped; a body left empty gets ``pass``; trailing comments are cut. "" when the file
+    does not parse or tokenize.
+    """
+    import io
+    import tokenize
+
+    tree = tree or _parses(text)
+    if tree is None:
+        return ""
+    lines = text.split("\n")
+    drop: set[int] = set()
+    fill: dict[int, str] = {}  # 1-based line -> replacement (an emptied body's ``pass``)
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) or not node.body:
+            continue
+        first = node.body[0]
+        if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)):
+            continue
+        if not isinstance(node, ast.Module) and first.lineno == node.lineno:
+            continue  # a one-line ``def f(): "doc"``: keep the line
+        drop.update(range(first.lineno, first.end_lineno + 1))
+        if len(node.body) == 1 and not isinstance(node, ast.Module):
+            fill[first.lineno] = " " * first.col_offset + "pass"
+    comments: dict[int, int] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.COMMENT:
+                comments[tok.start[0]] = tok.start[1]
+    except (tokenize.TokenError, SyntaxError):
+        return ""
+    out = []
+    for i, line in enumerate(lines, 1):
+        if i in fill:
+            out.append(fill[i])
+        if i in drop:
+            continue
+        if i in comments:
+            line = line[: comments[i]].rstrip()
+            if not line.strip():
+                continue
+        out.append(line)
+    return "\n".join(out).strip("\n") + "\n"
 
 
 @dataclass(frozen=True)
@@ -533,7 +584,7 @@ def derived_heldout(code_records: Iterable[Record]) -> tuple[list[Record], list[
 class Corpus:
     """Everything a build needs, split by file. Lists are in a fixed order (sorted by source)."""
 
-    train: dict[str, list[str]]          # code, tests, prose, docstrings, summarisation -> texts
+    train: dict[str, list[str]]          # code, tests, prose, docstrings, summarisation, bare_code -> texts
     heldout: dict[str, list]             # code, tests, prose, docstrings (Records); generation, summarisation (Pairs)
     external: dict[str, list[Record]]    # code, prose
     provenance: list[dict]
@@ -587,12 +638,15 @@ def collect(size: str, *, doc_root: Path = Path("/usr/share/doc"), stdlib: Path 
     else:
         raise ValueError(f"size must be 'full' or 'test', not {size!r}")
 
-    docs_tr, summ_tr = [], []
+    docs_tr, summ_tr, bare_tr = [], [], []
     for r in code_tr:
         tree = _parses(r.text)
         ds = docstring_text(r.text, tree)
         if ds:
             docs_tr.append(ds + "\n")
+        bare = bare_code(r.text, tree)
+        if bare.strip():
+            bare_tr.append(bare)
         summ_tr.extend(p.summarisation_text for p in function_pairs(r.text, tree))
     docs_ho, gen_ho, summ_ho = derived_heldout(code_ho)
     if size == "test":
@@ -603,7 +657,8 @@ def collect(size: str, *, doc_root: Path = Path("/usr/share/doc"), stdlib: Path 
         ext_code, ext_prose, prov = external_records()
     return Corpus(
         train={"code": [r.text for r in code_tr], "tests": [r.text for r in test_tr],
-               "prose": [r.text for r in prose_tr], "docstrings": docs_tr, "summarisation": summ_tr},
+               "prose": [r.text for r in prose_tr], "docstrings": docs_tr, "summarisation": summ_tr,
+               "bare_code": bare_tr},
         heldout={"code": code_ho, "tests": test_ho, "prose": prose_ho, "docstrings": docs_ho,
                  "generation": gen_ho, "summarisation": summ_ho},
         external={"code": ext_code, "prose": ext_prose},

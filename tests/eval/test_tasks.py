@@ -9,6 +9,7 @@ import pytest
 
 from automerge.eval import PROXY_TASKS, Evaluator
 from automerge.eval import _tasks
+from automerge.eval._split import is_quality_holdout
 from automerge.errors import EvalError
 
 HELDOUT_CODE = '''
@@ -118,6 +119,52 @@ def test_build_is_deterministic(tmp_path):
     for f in sorted(a.iterdir()):
         assert f.read_bytes() == (b / f.name).read_bytes(), f.name
     assert {"code_summary_ll", "code_body_ll", "code_bug_mc", "prose_ll"} <= set(ca)
+
+
+def _holdout_sources() -> set[str]:
+    """Sources of the zoo's third-party files that the quality-holdout rule keeps back."""
+    ext = _tasks.DATA_DIR.parent.parent / "zoo" / "data" / "external"
+    out = set()
+    for name in ("code", "prose"):
+        p = ext / f"{name}.jsonl"
+        if p.is_file():
+            out |= {r["source"] for r in map(json.loads, p.read_text().splitlines()) if r.get("source")
+                    and is_quality_holdout(r["source"])}
+    return out
+
+
+def test_no_proxy_or_full_evaluation_item_reads_the_quality_holdout(tiny):
+    """The quality holdout is text nothing in the search loop reads: every shipped proxy item, and the
+    items of the full evaluation's summarisation task, come from files outside it."""
+    held = _holdout_sources()
+    ev = Evaluator(tokenizer=tiny[1], device="cpu")
+    read = {name: ev._proxy(name).items for name in PROXY_TASKS}
+    read["summarization"] = ev._proxy("code_summary_ll").items      # what the full task generates from
+    for name, items in read.items():
+        leaked = sorted({it["source"] for it in items if it["source"] in held
+                         or (name.startswith("ext_") and is_quality_holdout(it["source"]))})
+        assert not leaked, f"{name} reads {len(leaked)} quality-holdout file(s), e.g. {leaked[0]}"
+    ext_sources = {it["source"] for name in ("ext_code_body_ll", "ext_prose_ll") for it in read[name]}
+    assert ext_sources, "the out-of-distribution proxies must still read third-party files"
+
+
+def test_builder_leaves_the_quality_holdout_out(tmp_path):
+    held = _write_heldout(tmp_path / "heldout")
+    ext = tmp_path / "external"
+    ext.mkdir()
+    code = [{"id": f"ext:pkg/m{i}.py", "source": f"pkg/m{i}.py", "text": HELDOUT_CODE.replace("clamp", f"c{i}")}
+            for i in range(12)]
+    prose = [{"id": f"ext:pkg/d{i}.md", "source": f"pkg/d{i}.md", "text": PROSE.replace("json", f"j{i}")}
+             for i in range(12)]
+    assert {is_quality_holdout(r["source"]) for r in code + prose} == {True, False}   # both sides present
+    for name, recs in (("code", code), ("prose", prose)):
+        (ext / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "out"
+    counts = _tasks.build_proxy_data(held, out, external_dir=ext)
+    assert counts.get("ext_code_body_ll") and counts.get("ext_prose_ll")
+    for name in ("ext_code_body_ll", "ext_prose_ll"):
+        items = _tasks.load_items(name, out)
+        assert not [it["source"] for it in items if is_quality_holdout(it["source"])], name
 
 
 def test_missing_data_is_a_clear_error(tmp_path):

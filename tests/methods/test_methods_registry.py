@@ -21,7 +21,7 @@ def test_all_methods_registered():
         assert m.random == (name.startswith(("dare", "della")))
 
 
-# The defaults of MERGE_MATH.md's table / mergekit's registry.
+# The defaults of docs/merge-methods.md's table / mergekit's registry.
 DEFAULTS = {
     "linear": {"normalize": True},
     "task_arithmetic": {"normalize": False, "lambda": 1.0},

@@ -134,3 +134,34 @@ def test_cli_kill_9_then_resume(test_zoo, tmp_path):
         assert study.trials(2, [TrialState.COMPLETE])
     finally:
         study.close()
+
+
+def test_demo_space_samples_its_whole_budget_on_the_test_zoo(test_zoo, tmp_path):
+    """The shipped demo space, pointed at the test-size zoo with a test-size trial budget: it
+    validates, searches 11–13 dimensions per trial, and samples every trial of its budget (the
+    wall-time limit does not cut it)."""
+    from automerge.search.run import SearchOptions, run_search
+    from automerge.search.space import SearchSpace
+
+    demo = yaml.safe_load((HERE.parents[1] / "search_spaces" / "demo.yaml").read_text())
+    shipped = SearchSpace.from_dict(demo, source="demo.yaml")
+    assert shipped.budget.trials and shipped.budget.wall_time and len(shipped.method_names) >= 3
+    demo["base"] = str(test_zoo / "base")
+    for entry in demo["specialists"] + demo["references"]:
+        entry["path"] = str(test_zoo / entry["path"].removeprefix("zoo:"))
+    demo["budget"] = dict(demo["budget"], trials=10)
+    space = tmp_path / "demo.yaml"
+    space.write_text(yaml.safe_dump(demo, sort_keys=False))
+    out = run_search(SearchOptions(space=space, results_dir=tmp_path / "results", quiet=True, threads=1,
+                                   report=False))
+    assert out.summary.samples == 10
+    study = SearchStudy.open("demo", f"sqlite:///{tmp_path / 'results' / 'demo' / 'study.db'}", None)
+    try:
+        check_invariants(study, samples=10)
+        searched = [t for t in study.trials(0, [TrialState.COMPLETE]) if t.user_attrs["kind"] == "search"]
+        assert len(searched) == 10
+        dims = {len(t.params) for t in searched}
+        assert min(dims) >= 11 and max(dims) <= 13, dims
+        assert study.trials(2, [TrialState.COMPLETE])          # the front reached the full evaluation
+    finally:
+        study.close()

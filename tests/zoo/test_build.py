@@ -156,6 +156,22 @@ def test_cache_resumes_with_same_bytes(test_zoo, tmp_path):
     assert _files(first) == _files(second) == _files(test_zoo)
 
 
+def test_cache_key_covers_only_the_streams_a_stage_reads():
+    """Changing one domain's text changes the keys of the stages that read it (and their children) only."""
+    import torch
+
+    zp = B.plan("test")
+    streams = {d: torch.arange(100) for d in ("code", "bare_code", "tests", "prose", "docstrings",
+                                              "summarisation")}
+    keys = lambda s: B.stage_keys(zp, size="test", seed=0, tokenizer_json="{}", streams=s)  # noqa: E731
+    before = keys(streams)
+    assert keys({**streams, "summarisation": torch.arange(101)}) == before  # no stage reads it
+    after = keys({**streams, "bare_code": torch.arange(101)})
+    assert {n for n in before if after[n] != before[n]} == {"code", "mix"}
+    after = keys({**streams, "prose": torch.arange(101)})
+    assert all(after[n] != before[n] for n in before)  # the base reads prose: every child changes too
+
+
 def test_package_import_is_light():
     import subprocess
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ast
+import textwrap
 
 from automerge.zoo import corpus as C
 
@@ -117,3 +118,33 @@ def test_full_corpus_without_docs_raises(tmp_path):
 
     with pytest.raises(C.MissingDocsError):
         C.collect("full", doc_root=tmp_path)
+
+
+def test_bare_code_drops_comments_and_docstrings_only():
+    src = textwrap.dedent('''\
+        """Module docstring."""
+        # a comment line
+        import os  # trailing comment
+
+
+        class A:
+            """Class doc,
+            two lines."""
+
+            def f(self, x):
+                """Only a docstring."""
+
+            def g(self):
+                s = "# not a comment"
+                """not a docstring: a later string statement"""
+                return s
+        ''')
+    bare = C.bare_code(src)
+    ast.parse(bare)  # still Python: the emptied body got `pass`
+    for gone in ("Module docstring", "a comment line", "trailing comment", "Class doc", "two lines",
+                 "Only a docstring"):
+        assert gone not in bare
+    for kept in ("import os\n", "class A:", "def f(self, x):\n        pass", 's = "# not a comment"',
+                 "not a docstring: a later string statement", "return s"):
+        assert kept in bare
+    assert C.bare_code("def broken(:\n") == ""
