@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned in the same pip command: unpinned, pip pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: test demo venv bench clean sandbox-deps
+.PHONY: test demo venv bench gpu-wheels clean sandbox-deps
 
 $(BIN)/automerge: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ demo: venv
 
 bench: venv
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python bench/merge_bench.py
+
+# Wheels an offline GPU machine's image lacks (it has torch, transformers, safetensors, typer, rich,
+# pyyaml, pytest): bench/gpu_check.sh --wheels .gpu-wheels installs from them. Python 3.12, x86_64.
+gpu-wheels: venv
+	$(BIN)/python -m pip download --quiet --only-binary=:all: --python-version 3.12 \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any -d .gpu-wheels \
+		"optuna>=4.0" "pydantic>=2.5" "sqlalchemy>=2.0" "cmaes>=0.10"
 
 clean:
 	rm -rf $(VENV)

@@ -6,7 +6,8 @@
 
 What stays on the device between trials: the base tensors, the task vectors d_i = x_i - b
 (stacked [k, *shape] per tensor), and statistics many trials reuse — magnitude thresholds
-for TIES (one sort per tensor, then a lookup per density), the L1 norm of every task vector,
+for TIES (exact selection, never a sort: one per density, or one histogram per fp16/bf16 task
+vector that answers every density), the L1 norm of every task vector,
 and the uniform noise that DARE/DELLA masks compare against (per recipe seed).
 
 The hot methods (linear, task arithmetic, TIES, DARE) run as one fused pass over each tensor
@@ -17,7 +18,6 @@ numbers as `automerge.methods` (tested), so a recipe gives the same weights ever
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -28,8 +28,11 @@ from automerge.checkpoints import Checkpoint, check_compatible, resolve_model_pa
 from automerge.errors import RecipeError
 from automerge.layers import LayerGrouping
 from automerge.methods import (
+    HALF_DTYPES,
     MergeMethod,
     get_method,
+    half_magnitude_at,
+    half_magnitude_counts,
     magnitude_k,
     magnitude_threshold,
     random_noise,
@@ -41,8 +44,9 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 # Methods with a fused, chunked kernel below; the rest go through methods.merge_tensor.
 FUSED = {"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"}
 L1_EPS = 1e-7
-# Densities are looked up on this grid of k = int(density * n); others are computed exactly once.
-THRESHOLD_GRID = 1000
+# fp16/bf16 task vectors larger than this keep a magnitude histogram (128 KiB) that answers
+# every TIES density; smaller ones select per density (cheap at that size).
+HISTOGRAM_ABOVE = 1 << 18
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -124,8 +128,8 @@ class ResidentMerger:
                 self.tensors.append(_Tensor(name=name, param=param, base=base_t, deltas=deltas))
         self.num_layers = self.base_checkpoint.num_layers
         self._grouping: LayerGrouping | None = None
-        self._thresholds: dict[tuple[int, int], float] = {}  # (tensor idx, specialist, k) -> |d| threshold
-        self._sorted_grid: dict[int, torch.Tensor] = {}  # tensor idx -> [k_specialists, grid+1] thresholds
+        self._thresholds: dict[tuple[int, int, int], float] = {}  # (tensor idx, specialist, k) -> |d| threshold
+        self._magnitude_counts: dict[tuple[int, int], torch.Tensor] = {}  # (tensor idx, specialist) -> histogram
         self._l1: dict[int, torch.Tensor] = {}  # tensor idx -> ||d_i||_1 per specialist (fp32)
         self._noise_seed: int | None = None
         self._noise: dict[int, torch.Tensor] = {}
@@ -242,35 +246,27 @@ class ResidentMerger:
         return norms
 
     def _threshold(self, idx: int, t: _Tensor, i: int, density: float) -> float:
-        """|d| threshold keeping the int(density*n) largest entries of specialist i's task vector."""
-        n = t.deltas[i].numel()
+        """|d| threshold keeping the int(density*n) largest entries of specialist i's task vector.
+
+        Exact selection, memoised per (tensor, specialist, k): fp16/bf16 task vectors keep one
+        cumulative histogram of their 2^15 magnitudes, so every later density is a lookup; fp32
+        ones pay one O(n) radix selection per new k (`methods.smallest_magnitudes`). No sort.
+        """
+        d = t.deltas[i]
+        n = d.numel()
         k = magnitude_k(n, density)
         key = (idx, i, k)
         thr = self._thresholds.get(key)
         if thr is None:
-            grid = self._sorted_grid.get(idx)
-            if grid is None:
-                grid = self._build_grid(t)
-                self._sorted_grid[idx] = grid
-            # the grid holds k_j = n*j // GRID; find the j whose k_j is this k, if any
-            j = round(k * THRESHOLD_GRID / n) if n else 0
-            if k > 0 and 0 < j <= THRESHOLD_GRID and n * j // THRESHOLD_GRID == k:
-                thr = float(grid[i, j])
+            if d.dtype in HALF_DTYPES and 0 < k < n and n > HISTOGRAM_ABOVE:
+                counts = self._magnitude_counts.get((idx, i))
+                if counts is None:
+                    counts = self._magnitude_counts[(idx, i)] = half_magnitude_counts(d)
+                thr = half_magnitude_at(counts, d.dtype, [n - k + 1])[0]
             else:
-                thr = magnitude_threshold(t.deltas[i].float().abs(), density)
+                thr = magnitude_threshold(d, density)
             self._thresholds[key] = thr
         return thr
-
-    def _build_grid(self, t: _Tensor) -> torch.Tensor:
-        """Thresholds at k = n*j/GRID for every specialist: one sort per tensor, then lookups."""
-        rows = []
-        for i in range(t.deltas.shape[0]):
-            ordered = t.deltas[i].float().abs().flatten().sort(descending=True).values
-            n = ordered.numel()
-            ks = [n * j // THRESHOLD_GRID for j in range(THRESHOLD_GRID + 1)]
-            rows.append(torch.tensor([float(ordered[k - 1]) if k > 0 else math.inf for k in ks]))
-            del ordered
-        return torch.stack(rows)
 
     def _ensure_fisher(self, recipe: Recipe) -> dict[str, torch.Tensor]:
         """Stacked Fisher per tensor: the constructor's files first, else the recipe's `fisher:`
@@ -369,7 +365,7 @@ class ResidentMerger:
                         if densities[i] >= 1:
                             continue
                         torch.lt(noise_rows[i][s:e], densities[i], out=buf.keep[:c])
-                        torch.abs(rows[i][s:e], out=buf.tmp[:c])
+                        buf.tmp[:c].copy_(rows[i][s:e]).abs_()  # fp32 scratch from any storage dtype
                         kept[i] += float(torch.dot(buf.tmp[:c], buf.keep[:c]))
                 weights = [
                     w * (b / a) if d < 1 and a >= L1_EPS and b >= L1_EPS else w
@@ -389,16 +385,19 @@ class ResidentMerger:
                     u[i].copy_(d)
                     continue
                 if method == "ties":
-                    torch.abs(d, out=tmp)
+                    tmp.copy_(d).abs_()  # abs(out=) refuses an fp32 out for bf16/fp16 storage
                     torch.ge(tmp, thresholds[i], out=keep)
                 else:
                     torch.lt(noise_rows[i][s:e], densities[i], out=keep)
                 torch.mul(d, keep, out=u[i])
             if consensus:
-                # elected sign S = +1 where sum_i w_i u_i >= 0 else -1; entry i counts where w_i u_i S > 0
+                # elected sign S = +1 where sum_i w_i u_i >= 0 else -1; entry i counts where w_i u_i S > 0.
+                # Each product rounded before the sum, as methods' reference: add_(alpha=) may fuse
+                # into an FMA, and then exact cancellations (frequent in bf16 task vectors) elect -1.
                 torch.mul(u[0], weights[0], out=mixed)
                 for i in range(1, k):
-                    mixed.add_(u[i], alpha=weights[i])
+                    torch.mul(u[i], weights[i], out=tmp)
+                    mixed.add_(tmp)
                 sign = buf.sign[:c]
                 torch.ge(mixed, 0, out=sign)
                 sign.mul_(2).sub_(1)

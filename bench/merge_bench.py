@@ -1,21 +1,27 @@
 """Merge engine benchmark: per-trial apply time vs the streaming bound and vs mergekit.
 
     python bench/merge_bench.py                 # Qwen2.5-0.5B shapes, 2 specialists, CPU
-    python bench/merge_bench.py --device cuda --dtype bfloat16 --layers 48   # on a GPU
+    python bench/merge_bench.py --device cuda --dtype bfloat16 --shape 7b --no-mergekit   # on a GPU
 
 Builds random-weight checkpoints with Qwen2.5-0.5B's shapes (tied embeddings, 24 layers,
 hidden 896, MLP 4864, vocab 151936) in a scratch directory, then for each method measures:
 - apply: ResidentMerger.apply(recipe), median of several runs after one warm-up (caches filled);
+- first apply ÷ apply: what the statistics a method fills on its first trial cost (TIES: the
+  magnitude thresholds, by selection; DARE: the noise), target ≤ 3× for TIES;
+- copy bandwidth: the device's own measured copy rate (read + write bytes / s), and the time
+  the bytes one merge must move (read base and every task vector, write the output) take at it;
 - bound: in the same run, on the same resident tensors, reading base and every task vector once
   and writing the output once (copy + sum) — the memory-bandwidth floor for any merge;
 - mergekit: run_merge in-process on the same recipe (reads the checkpoints, writes the output:
   what every trial costs without a resident engine).
-The table goes into results/BENCHMARKS.md.
+The table goes into results/BENCHMARKS.md (not with --no-write); --json writes the figures too,
+after each method, so a run cut short by a timeout (bench/gpu_check.sh) keeps what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import sys
@@ -32,35 +38,74 @@ from automerge.engine import ResidentMerger  # noqa: E402
 from automerge.recipe import Recipe  # noqa: E402
 
 TARGETS = {"linear": 1.3, "task_arithmetic": 1.3, "ties": 2.0, "dare_ties": 3.0}
+FIRST_TARGETS = {"ties": 3.0}  # first apply ÷ steady apply
+# Qwen2.5 shapes: 0.5b (tied embeddings) and 7b; --layers/--hidden/... override one field.
+SHAPES = {
+    "0.5b": dict(layers=24, hidden=896, intermediate=4864, heads=14, kv_heads=2, vocab=151936, tied=True),
+    "7b": dict(layers=28, hidden=3584, intermediate=18944, heads=28, kv_heads=4, vocab=152064, tied=False),
+    "tiny": dict(layers=2, hidden=128, intermediate=352, heads=4, kv_heads=2, vocab=4096, tied=False),
+}
+SHARD_BYTES = 4 << 30
 
 
-def build_checkpoints(root: Path, *, layers: int, dtype: torch.dtype) -> dict[str, Path]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+def build_checkpoints(root: Path, *, shape: dict, dtype: torch.dtype, device: str = "cpu") -> dict[str, Path]:
+    """Random-weight Qwen2 checkpoints base/code/lang, written tensor by tensor (no live model:
+    a 7B one would take minutes to initialise): base ~ N(0, 0.02) (norms 1), each specialist
+    = base + N(0, (0.01 * std(base))^2), generated on `device`, stored in `dtype`, sharded."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, Qwen2Config
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from tiny_models import make_tokenizer
 
     config = Qwen2Config(
-        hidden_size=896, intermediate_size=4864, num_hidden_layers=layers, num_attention_heads=14,
-        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768,
+        hidden_size=shape["hidden"], intermediate_size=shape["intermediate"], num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"], vocab_size=shape["vocab"],
+        tie_word_embeddings=shape["tied"], max_position_embeddings=32768, architectures=["Qwen2ForCausalLM"],
     )
-    paths = {}
-    torch.manual_seed(0)
-    with torch.device("cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    base_state = {k: v.clone() for k, v in model.state_dict().items()}
-    for i, name in enumerate(["base", "code", "lang"]):
-        out = root / name
-        if i:
-            gen = torch.Generator().manual_seed(i)
-            with torch.no_grad():
-                for k, p in model.state_dict().items():
-                    p.copy_(base_state[k] + 0.01 * torch.randn(p.shape, generator=gen) * base_state[k].std())
-        model.to(dtype).save_pretrained(out)
-        model.to(torch.float32)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    names = {k: tuple(v.shape) for k, v in model.state_dict().items()
+             if not (shape["tied"] and k == "lm_head.weight")}
+    outs = {name: root / name for name in ("base", "code", "lang")}
+    for out in outs.values():
+        out.mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(out)
         make_tokenizer(out)
-        paths[name] = out
-    return paths
+    shards: dict[str, list[dict[str, torch.Tensor]]] = {name: [{}] for name in outs}
+    sizes = {name: 0 for name in outs}
+    index: dict[str, int] = {}
+    gen = torch.Generator(device=device).manual_seed(0)
+    for key, dims in names.items():
+        if key.endswith("norm.weight"):
+            base = torch.ones(dims, device=device)
+        else:
+            base = 0.02 * torch.randn(dims, generator=gen, device=device)
+        noise_scale = 0.01 * float(base.std()) if base.numel() > 1 else 0.0
+        for name in outs:
+            x = base if name == "base" else base + noise_scale * torch.randn(dims, generator=gen, device=device)
+            t = x.to(dtype).cpu()
+            if sizes[name] and sizes[name] + t.nbytes > SHARD_BYTES:
+                shards[name].append({})
+                sizes[name] = 0
+            shards[name][-1][key] = t
+            sizes[name] += t.nbytes
+            index[key] = len(shards[name])
+        for name, out in outs.items():  # write full shards as soon as they close (bounded host memory)
+            for j, shard in enumerate(shards[name][:-1]):
+                if shard:
+                    save_file(shard, out / f"part-{j + 1}.safetensors", metadata={"format": "pt"})
+                    shards[name][j] = {}
+    for name, out in outs.items():
+        parts = shards[name]
+        save_file(parts[-1], out / f"part-{len(parts)}.safetensors", metadata={"format": "pt"})
+        total = len(parts)
+        files = {j: f"model-{j:05d}-of-{total:05d}.safetensors" for j in range(1, total + 1)}
+        for j in range(1, total + 1):
+            (out / f"part-{j}.safetensors").rename(out / files[j])
+        weight_map = {key: files[j] for key, j in index.items()}
+        (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return outs
 
 
 def recipe_for(method: str, paths: dict[str, Path], seed: int = 0) -> Recipe:
@@ -92,6 +137,28 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def copy_bandwidth(device: torch.device, *, mbytes: int) -> float:
+    """The device's copy rate in bytes/s, counting bytes read and written (best of 5)."""
+    n = (mbytes << 20) // 4
+    src = torch.rand(n, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    sync()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync()
+        best = min(best, time.perf_counter() - start)
+    del src, dst
+    return 2 * n * 4 / best
+
+
+def merge_bytes(merger: ResidentMerger) -> int:
+    """Bytes one merge must move at least: read base and every task vector, write the output."""
+    return sum(t.base.nbytes + t.deltas.nbytes + t.param.nbytes for t in merger.tensors)
+
+
 def streaming_bound(merger: ResidentMerger) -> None:
     with torch.no_grad():
         for t in merger.tensors:
@@ -120,19 +187,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="float32", help="resident dtype for base and task vectors")
-    ap.add_argument("--layers", type=int, default=24)
+    ap.add_argument("--shape", default="0.5b", choices=sorted(SHAPES), help="Qwen2.5 shapes of the random checkpoints")
+    for field in ("layers", "hidden", "intermediate", "vocab"):
+        ap.add_argument(f"--{field}", type=int, default=None, help=f"override the shape's {field}")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", default="linear,task_arithmetic,ties,dare_ties")
     ap.add_argument("--no-mergekit", action="store_true")
     ap.add_argument("--workdir", default=None, help="keep checkpoints here between runs")
+    ap.add_argument("--json", default=None, help="also write the figures here (after every method)")
+    ap.add_argument("--no-write", action="store_true", help="leave results/BENCHMARKS.md alone")
+    ap.add_argument("--bandwidth-mb", type=int, default=None, help="buffer for the copy-bandwidth probe")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    shape = dict(SHAPES[args.shape])
+    shape.update({f: getattr(args, f) for f in ("layers", "hidden", "intermediate", "vocab") if getattr(args, f)})
 
     root = Path(args.workdir or tempfile.mkdtemp(prefix="merge-bench-"))
     if not (root / "lang" / "config.json").exists():
         print(f"building checkpoints in {root} ...", flush=True)
-        paths = build_checkpoints(root, layers=args.layers, dtype=torch.bfloat16)
+        start = time.perf_counter()
+        gen_device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
+        paths = build_checkpoints(root, shape=shape, dtype=torch.bfloat16, device=gen_device)
+        print(f"built in {time.perf_counter() - start:.1f}s", flush=True)
     else:
         paths = {n: root / n for n in ("base", "code", "lang")}
     start = time.perf_counter()
@@ -140,42 +217,81 @@ def main() -> None:
                             device=args.device, dtype=args.dtype)
     load_s = time.perf_counter() - start
     n_params = sum(t.base.numel() for t in merger.tensors)
+    cuda = merger.device.type == "cuda"
+    bw = copy_bandwidth(merger.device, mbytes=args.bandwidth_mb or (4096 if cuda else 512))
+    bw_bound = merge_bytes(merger) / bw
     bound = time_it(lambda: streaming_bound(merger), args.repeats)
+    figures = dict(machine=machine(), shape=shape, params=n_params, dtype=args.dtype, device=str(merger.device),
+                   load_s=load_s, copy_bandwidth_gbs=bw / 1e9, bandwidth_bound_s=bw_bound, streaming_bound_s=bound,
+                   methods={})
+
+    def dump() -> None:
+        if cuda:
+            figures["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(merger.device) / 2**30
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=1))
+
+    dump()
     rows = []
     for method in args.methods.split(","):
         recipe = recipe_for(method, paths)
-        start = time.perf_counter()
-        merger.apply(recipe)  # first apply: fills the caches this method needs
-        first = time.perf_counter() - start
-        apply_s = time_it(lambda: merger.apply(recipe), args.repeats)
+        try:
+            sync()
+            start = time.perf_counter()
+            merger.apply(recipe)  # first apply: fills the caches this method needs
+            sync()
+            first = time.perf_counter() - start
+            apply_s = time_it(lambda: merger.apply(recipe), args.repeats)
+        except torch.OutOfMemoryError as exc:  # a 7B shape may not fit every method's caches
+            print(f"{method}: out of memory ({str(exc).splitlines()[0]})", flush=True)
+            figures["methods"][method] = {"error": "out of memory"}
+            merger._noise.clear()
+            torch.cuda.empty_cache()
+            dump()
+            continue
         mk = None if args.no_mergekit else mergekit_time(recipe, merger, str(merger.device))
         rows.append((method, first, apply_s, mk))
-        print(f"{method}: first {first:.2f}s, apply {apply_s:.3f}s, bound {bound:.3f}s, "
+        figures["methods"][method] = dict(first_s=first, apply_s=apply_s, x_streaming_bound=apply_s / bound,
+                                          x_bandwidth_bound=apply_s / bw_bound, first_x_apply=first / apply_s,
+                                          trials_per_hour_apply_only=3600 / apply_s, mergekit_s=mk)
+        dump()
+        print(f"{method}: first {first:.2f}s ({first / apply_s:.1f}× apply), apply {apply_s:.3f}s, "
+              f"bound {bound:.3f}s, bandwidth bound {bw_bound:.3f}s, "
               f"mergekit {mk if mk is None else round(mk, 2)}s", flush=True)
 
     lines = [
         "## Merge engine (`bench/merge_bench.py`)",
         "",
         f"Machine: {machine()}.",
-        f"Checkpoints: random weights with Qwen2.5-0.5B shapes ({args.layers} layers, {n_params / 1e6:.0f}M "
-        f"parameters, tied embeddings, stored bf16), 2 specialists; resident dtype {args.dtype} on "
-        f"{merger.device}. One-off load (base + task vectors): {load_s:.1f} s. Streaming bound (read base "
-        f"and both task vectors once, write the output once): {bound:.3f} s.",
+        f"Checkpoints: random weights with Qwen2.5-{args.shape} shapes ({shape['layers']} layers, hidden "
+        f"{shape['hidden']}, {n_params / 1e6:.0f}M parameters, {'tied' if shape['tied'] else 'untied'} embeddings, "
+        f"stored bf16), 2 specialists; resident dtype {args.dtype} on {merger.device}. One-off load (base + task "
+        f"vectors): {load_s:.1f} s. Streaming bound (read base and both task vectors once, write the output "
+        f"once): {bound:.3f} s. Measured copy bandwidth {bw / 1e9:.0f} GB/s (read + write): the bytes one merge "
+        f"moves take {bw_bound:.3f} s at it.",
         "",
-        "| method | first apply (fills caches) s | apply s (median) | × bound | target × bound | mergekit run_merge s | mergekit ÷ apply |",
-        "|---|---|---|---|---|---|---|",
+        "| method | first apply (fills caches) s | first ÷ apply | apply s (median) | × bound | target × bound "
+        "| × bandwidth bound | mergekit run_merge s | mergekit ÷ apply |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, first, apply_s, mk in rows:
         ratio = apply_s / bound
         target = TARGETS.get(method)
         verdict = "" if target is None else (f"≤ {target} {'✓' if ratio <= target else '✗'}")
+        first_target = FIRST_TARGETS.get(method)
+        first_ratio = first / apply_s
+        first_cell = f"{first_ratio:.1f}" + ("" if first_target is None else
+                                             f" (≤ {first_target} {'✓' if first_ratio <= first_target else '✗'})")
         mk_cell = "–" if mk is None else f"{mk:.1f}"
         speed = "–" if mk is None else f"{mk / apply_s:.0f}× {'✓' if mk / apply_s >= 20 else '✗'} (target ≥ 20×)"
-        lines.append(f"| {method} | {first:.2f} | {apply_s:.3f} | {ratio:.2f} | {verdict} | {mk_cell} | {speed} |")
-    section = "merge-" + ("gpu" if merger.device.type == "cuda" else "cpu")
-    path = write_section(section, "\n".join(lines))
+        lines.append(f"| {method} | {first:.2f} | {first_cell} | {apply_s:.3f} | {ratio:.2f} | {verdict} "
+                     f"| {apply_s / bw_bound:.2f} | {mk_cell} | {speed} |")
+    if cuda:
+        lines.append(f"\nPeak GPU memory: {figures['peak_gpu_memory_gib']:.1f} GiB.")
     print("\n".join(lines))
-    print(f"written to {path}")
+    if not args.no_write:
+        section = "merge-" + ("gpu" if cuda else "cpu")
+        print(f"written to {write_section(section, chr(10).join(lines))}")
     if args.workdir is None:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -86,29 +86,43 @@ def test_slerp_single_specialist(zoo):
         torch.testing.assert_close(base[name], ref_base[name], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("normalize", [True, False])
-@pytest.mark.parametrize("method", sorted(FUSED))
-def test_fused_kernel_equals_pure_function(method, normalize, zoo, merger):
-    """The chunked fast path computes what automerge.methods defines, tensor by tensor."""
-    params = {"normalize": normalize} if method == "linear" else {"lambda": 0.9, "normalize": normalize}
-    r = recipe(zoo, method, seed=5, **params)
-    merger.chunk = 97  # odd chunk size: chunk edges must not matter
+def assert_equals_pure_function(m: ResidentMerger, r: Recipe, method: str, **tolerance) -> None:
+    """Apply r with an odd chunk size (chunk edges must not matter), then compare every live
+    tensor with automerge.methods' function on the same resident inputs, in the live dtype."""
+    m.chunk = 97
     try:
-        merger.apply(r)
+        m.apply(r)
     finally:
-        merger.chunk = 1 << 16
-    got = live(merger)
+        m.chunk = 1 << 16
+    got = live(m)
     impl = get_method(method)
-    grouping = merger.grouping(r)
-    for t in merger.tensors:
+    grouping = m.grouping(r)
+    for t in m.tensors:
         params, per_model = impl.check_params(*r.resolve(t.name, grouping))
-        noise = random_noise(tuple(t.deltas.shape), seed=5, tensor_name=t.name) if impl.random else None
+        noise = random_noise(tuple(t.deltas.shape), seed=r.seed, tensor_name=t.name) if impl.random else None
         expected = impl.merge_tensor(
             t.base.float(), t.deltas.float(),
             per_model={k: [pm[k] for pm in per_model] for k in per_model[0]},
             params=params, noise=noise, tensor_name=t.name,
         )
-        torch.testing.assert_close(got[t.name], expected, rtol=1e-5, atol=1e-6, msg=t.name)
+        torch.testing.assert_close(got[t.name], expected.to(got[t.name].dtype), msg=t.name, **tolerance)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("method", sorted(FUSED))
+def test_fused_kernel_equals_pure_function(method, normalize, zoo, merger):
+    """The chunked fast path computes what automerge.methods defines, tensor by tensor."""
+    params = {"normalize": normalize} if method == "linear" else {"lambda": 0.9, "normalize": normalize}
+    assert_equals_pure_function(merger, recipe(zoo, method, seed=5, **params), method, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", sorted(FUSED))
+def test_fused_kernel_on_bf16_storage_equals_pure_function(method, zoo):
+    """bf16 resident task vectors (the GPU setting) go through the same fused kernels; exact
+    cancellations in the TIES sign election (frequent in bf16) elect + as the reference does."""
+    m = ResidentMerger(base=zoo["base"], specialists={"code": zoo["code"], "lang": zoo["lang"]}, dtype="bfloat16")
+    assert m.tensors[0].param.dtype == torch.bfloat16
+    assert_equals_pure_function(m, recipe(zoo, method, seed=5), method)  # bf16's default tolerance
 
 
 def test_dare_reproducible_under_seed(zoo):
@@ -226,21 +240,32 @@ def test_cli_merge_bad_input_writes_nothing(zoo, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["bad.yaml"]
 
 
-def test_ties_thresholds_on_the_grid_are_looked_up_not_recomputed(zoo, merger, monkeypatch):
-    """Densities on the 1/1000 grid cost a lookup after the one sort per tensor, and give the
-    exact threshold; tensors whose size is no multiple of 1000 included."""
-    import automerge.engine as engine
+def sorted_threshold(d: torch.Tensor, density: float) -> float:
+    """The k-th largest |d| by a full sort: what the engine's selection must reproduce."""
+    from automerge.methods import magnitude_k
 
-    merger._thresholds.clear()
-    merger._sorted_grid.clear()
-    for idx, t in enumerate(merger.tensors):  # build the grid and check it against exact selection
-        for density in (0.3, 0.5, 0.7):
-            exact = engine.magnitude_threshold(t.deltas[0].float().abs(), density)
-            assert merger._threshold(idx, t, 0, density) == exact, (t.name, density)
-    merger._thresholds.clear()
-    calls = []
-    monkeypatch.setattr(engine, "magnitude_threshold", lambda *a, **k: calls.append(a) or 0.0)
-    for idx, t in enumerate(merger.tensors):
-        if t.deltas[0].numel() >= 1000:
-            merger._threshold(idx, t, 0, 0.3)
-    assert calls == []
+    k = magnitude_k(d.numel(), density)
+    return d.float().abs().flatten().sort(descending=True).values[k - 1].item()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_ties_thresholds_are_selected_exactly_without_a_sort(zoo, dtype, monkeypatch):
+    """Every TIES threshold equals the sort-based one, through the selection paths the large
+    tensors take (forced here on tiny ones); fp16/bf16 task vectors build their magnitude
+    histogram once, and later densities are lookups in it."""
+    import automerge.engine as engine
+    import automerge.methods._sparsify as sparsify
+
+    monkeypatch.setattr(sparsify, "_SORT_BELOW", 0)  # radix selection even on tiny tensors
+    monkeypatch.setattr(engine, "HISTOGRAM_ABOVE", 0)
+    m = ResidentMerger(base=zoo["base"], specialists={"code": zoo["code"], "lang": zoo["lang"]}, dtype=dtype)
+    builds = []
+    real = engine.half_magnitude_counts
+    monkeypatch.setattr(engine, "half_magnitude_counts", lambda d: builds.append(1) or real(d))
+    for idx, t in enumerate(m.tensors):
+        for i in range(2):
+            for density in (0.3, 0.5, 0.537, 0.999):
+                got = m._threshold(idx, t, i, density)
+                assert got == sorted_threshold(t.deltas[i], density), (t.name, i, density)
+    expected = 2 * len(m.tensors) if dtype != "float32" else 0
+    assert len(builds) == expected  # one histogram per task vector, not one per density

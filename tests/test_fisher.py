@@ -145,12 +145,9 @@ def test_read_texts(tmp_path):
 
 
 def test_cli_fisher(tiny, tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    app = typer.Typer()
-    fisher_mod.register(app)
-    app.command("noop")(lambda: None)  # a second command keeps `fisher` a named subcommand
+    from automerge.cli import app
     (tmp_path / "d.jsonl").write_text('{"text": "def f(x):\\n    return x * 2\\n"}\n')
     out = tmp_path / "f.safetensors"
     result = CliRunner().invoke(app, ["fisher", str(tiny[0]), str(tmp_path / "d.jsonl"), str(out), "--seq-len", "8"])

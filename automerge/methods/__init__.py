@@ -17,13 +17,17 @@ from ._slerp import slerp
 from ._spherical import karcher, multislerp, nuslerp, nuslerp_t
 from ._swap import arcee_fusion, fusion_importance, nearswap
 from ._sparsify import (
+    HALF_DTYPES,
     RESCALE_MODES,
     breadcrumbs_counts,
     breadcrumbs_thresholds,
     della_keep_prob,
     della_rank_norm,
+    half_magnitude_at,
+    half_magnitude_counts,
     magnitude_k,
     magnitude_threshold,
+    smallest_magnitudes,
     sparsify_breadcrumbs,
     sparsify_della,
     sparsify_magnitude,
@@ -48,6 +52,7 @@ fisher = fisher_merge  # the building block under the method's registry name
 __all__ = [
     "METHODS", "REQUIRED", "MergeMethod", "Param", "get_method", "random_noise", "stable_seed",
     "RESCALE_MODES", "magnitude_k", "magnitude_threshold", "sparsify_magnitude",
+    "HALF_DTYPES", "smallest_magnitudes", "half_magnitude_counts", "half_magnitude_at",
     "breadcrumbs_counts", "breadcrumbs_thresholds", "sparsify_breadcrumbs", "sparsify_random",
     "della_rank_norm", "della_keep_prob", "sparsify_della",
     "consensus_combine", "sum_combine", "generalized_task_arithmetic",

@@ -20,6 +20,8 @@ keeps exactly mergekit's count instead, breaking ties by flattened index
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -65,6 +67,114 @@ def _rescaled(
     raise RecipeError(f"rescale mode {rescale!r} is unknown; use one of {', '.join(RESCALE_MODES)}")
 
 
+# ---------------------------------------------------------------- selection (thresholds without a sort)
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+_SORT_BELOW = 1 << 14  # below this many entries one small sort beats two passes
+_PATTERNS = 1 << 15  # 15-bit magnitude keys: a half's bits, or an fp32's top 16, the sign bit dropped
+_HIGH_HALF = 1 if sys.byteorder == "little" else 0  # which int16 of an fp32 holds its top 16 bits
+_LOW = 1 << 16  # an fp32's low 16 bits: its rank inside a bucket
+
+
+def _chunks(flat: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Fixed-size pieces of a flat tensor: bounds the scratch of each selection pass."""
+    step = 1 << (26 if flat.device.type == "cuda" else 22)
+    for start in range(0, flat.numel(), step):
+        yield flat[start:start + step]
+
+
+def _magnitude_keys(piece: torch.Tensor) -> torch.Tensor:
+    """int16 keys ordered like |x|: for non-negative floats the bit pattern read as an integer
+    orders like the value. fp16/bf16: the whole pattern (exact); fp32: its top 16 bits (a
+    bucket 1/128 of an octave wide). One strided pass, no int32/int64 copy."""
+    halves = piece.view(torch.int16)
+    return (halves if piece.dtype in HALF_DTYPES else halves[_HIGH_HALF::2]).bitwise_and(0x7FFF)
+
+
+def _key_counts(flat: torch.Tensor) -> torch.Tensor:
+    counts = torch.zeros(_PATTERNS, dtype=torch.int64, device=flat.device)
+    for piece in _chunks(flat):
+        counts += torch.bincount(_magnitude_keys(piece), minlength=_PATTERNS)
+    return counts
+
+
+def half_magnitude_counts(x: torch.Tensor) -> torch.Tensor:
+    """counts[p] = entries of fp16/bf16 `x` whose |x| has bit pattern <= p (cumulative, 2^15 long).
+
+    One O(n) histogram that answers every rank at once (`half_magnitude_at`); int32 when it
+    fits, to keep a cached copy small.
+    """
+    if x.dtype not in HALF_DTYPES:
+        raise TypeError(f"half_magnitude_counts needs a float16/bfloat16 tensor, got {x.dtype}")
+    flat = x.reshape(-1)
+    counts = _key_counts(flat).cumsum_(0)
+    return counts.to(torch.int32) if flat.numel() < 2**31 else counts
+
+
+def half_magnitude_at(counts: torch.Tensor, dtype: torch.dtype, ranks: Sequence[int]) -> list[float]:
+    """The r-th smallest |x| (1-based) for each r in ranks, from `half_magnitude_counts(x)`."""
+    want = torch.tensor(list(ranks), dtype=counts.dtype, device=counts.device)
+    patterns = torch.searchsorted(counts, want)  # the first pattern whose cumulative count reaches r
+    return patterns.to(torch.int16).view(dtype).float().tolist()
+
+
+def smallest_magnitudes(x: torch.Tensor, ranks: Sequence[int]) -> list[float]:
+    """The r-th smallest |x| over the flattened tensor (1-based, as torch.kthvalue on |x|)
+    for every r in ranks, exactly, as Python floats (x NaN-free).
+
+    Selection over the float bit patterns, O(n), never a full sort: fp16/bf16 take one
+    histogram of the 2^15 magnitude patterns; fp32 takes a histogram of its top 16 bits,
+    which names each rank's bucket, then for one or two buckets a histogram of the low 16
+    bits of that bucket's entries (exact, no sort: quantized task vectors can pile half
+    their entries into one bucket); for more buckets it collects their entries and sorts
+    them. Passes run in fixed-size chunks. Other dtypes (float64) fall back to kthvalue.
+    """
+    ranks = [int(r) for r in ranks]
+    flat = x.reshape(-1)
+    n = flat.numel()
+    bad = [r for r in ranks if not 1 <= r <= n]
+    if bad:
+        raise ValueError(f"rank {bad[0]} is outside 1..{n} (the tensor's size)")
+    if not ranks:
+        return []
+    if n <= _SORT_BELOW:
+        ordered = flat.float().abs().sort().values
+        return ordered[torch.tensor(ranks, device=flat.device) - 1].tolist()
+    if flat.dtype in HALF_DTYPES:
+        return half_magnitude_at(half_magnitude_counts(flat), flat.dtype, ranks)
+    if flat.dtype != torch.float32:
+        mags = flat.abs()
+        return [torch.kthvalue(mags, r).values.item() for r in ranks]
+    counts = _key_counts(flat)
+    cum = counts.cumsum(0)
+    want = torch.tensor(ranks, dtype=torch.int64, device=flat.device)
+    where = torch.searchsorted(cum, want)  # each rank's bucket
+    within = want - (cum[where] - counts[where])  # its 1-based rank inside the bucket
+    targets = torch.unique(where)  # sorted
+    wanted = targets.tolist()
+    if len(wanted) <= 2:  # TIES, breadcrumbs: a histogram of each bucket's low 16 bits, no sort
+        low_counts = {}
+        for bucket in wanted:
+            hist = torch.zeros(_LOW + 1, dtype=torch.int64, device=flat.device)
+            for piece in _chunks(flat):
+                low = piece.view(torch.int16)[1 - _HIGH_HALF::2].to(torch.int32).bitwise_and_(_LOW - 1)
+                hist += torch.bincount(torch.where(_magnitude_keys(piece) == bucket, low, _LOW), minlength=_LOW + 1)
+            low_counts[bucket] = hist[:_LOW].cumsum_(0)
+        out = []
+        for bucket, rank in zip(where.tolist(), within.tolist()):
+            low = int(torch.searchsorted(low_counts[bucket], torch.tensor(rank, device=flat.device)))
+            out.append(torch.tensor([(bucket << 16) | low], dtype=torch.int32).view(torch.float32).item())
+        return out
+    table = torch.zeros(_PATTERNS, dtype=torch.bool, device=flat.device)  # many buckets: a lookup per entry
+    table[targets] = True
+    picked = torch.cat([piece[table[_magnitude_keys(piece).to(torch.int32)]].abs() for piece in _chunks(flat)])
+    # Buckets order like values, so sorted `picked` holds the target buckets one after another.
+    picked = picked.sort().values
+    sizes = counts[targets]
+    starts = sizes.cumsum(0) - sizes
+    return picked[starts[torch.searchsorted(targets, where)] + within - 1].tolist()
+
+
 # ---------------------------------------------------------------- magnitude (TIES)
 
 
@@ -85,7 +195,8 @@ def magnitude_threshold(abs_delta: torch.Tensor, density: float) -> float:
     """The k-th largest |d| over the whole flattened tensor, k = magnitude_k(n, density).
 
     Entries >= this value survive magnitude pruning (see the module doc for ties).
-    Returns 0.0 for density >= 1 (keep all) and inf for density <= 0.
+    Returns 0.0 for density >= 1 (keep all) and inf for density <= 0. `abs_delta` may
+    be d itself: only magnitudes are read (selection, see `smallest_magnitudes`).
     """
     n = abs_delta.numel()
     k = magnitude_k(n, density)
@@ -93,8 +204,7 @@ def magnitude_threshold(abs_delta: torch.Tensor, density: float) -> float:
         return 0.0
     if k == 0:
         return math.inf
-    # kthvalue is a selection, O(n), unlike a full sort.
-    return torch.kthvalue(abs_delta.reshape(-1).float(), n - k + 1).values.item()
+    return smallest_magnitudes(abs_delta, [n - k + 1])[0]
 
 
 def sparsify_magnitude(
@@ -150,9 +260,7 @@ def breadcrumbs_thresholds(
     n_bot, n_keep = breadcrumbs_counts(n, density, gamma)
     if n_keep == 0:
         return None
-    flat = abs_delta.reshape(-1).float()
-    lo = torch.kthvalue(flat, n_bot + 1).values.item()
-    hi = torch.kthvalue(flat, n_bot + n_keep).values.item()
+    lo, hi = smallest_magnitudes(abs_delta, [n_bot + 1, n_bot + n_keep])
     return lo, hi
 
 

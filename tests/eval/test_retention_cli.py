@@ -7,11 +7,11 @@ import math
 
 import pandas as pd
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from automerge.eval import TaskResult, retention_table
-from automerge.eval.cli import parse_specialist, register
+from automerge.cli import app
+from automerge.eval.cli import parse_specialist
 from automerge.errors import EvalError
 
 
@@ -46,13 +46,6 @@ def test_parse_specialist():
 
 
 def test_eval_command(tmp_path, tiny_dir, tiny_specialist_dir):
-    app = typer.Typer()
-
-    @app.callback()
-    def _main():  # a group, as in automerge's app
-        pass
-
-    register(app)
     out = tmp_path / "eval.csv"
     res = CliRunner().invoke(app, [
         "eval", str(tiny_specialist_dir), "--base", str(tiny_dir),

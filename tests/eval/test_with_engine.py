@@ -3,13 +3,11 @@ weights rewritten in place by ResidentMerger.apply between runs."""
 
 from __future__ import annotations
 
-import pytest
-
+from automerge import engine
 from automerge.eval import Evaluator
 
 
 def test_scores_follow_in_place_merges(tiny_dir, tiny_specialist_dir):
-    engine = pytest.importorskip("automerge.engine")
     from automerge.recipe import ModelSpec, Recipe
 
     merger = engine.ResidentMerger(base=tiny_dir, specialists={"code": tiny_specialist_dir}, device="cpu")

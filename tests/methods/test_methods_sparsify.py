@@ -9,12 +9,16 @@ from mergekit import sparsify as mk
 from automerge.errors import RecipeError
 from automerge.methods import (
     breadcrumbs,
+    breadcrumbs_counts,
     breadcrumbs_thresholds,
     della_keep_prob,
     della_rank_norm,
+    half_magnitude_at,
+    half_magnitude_counts,
     magnitude_k,
     magnitude_threshold,
     random_noise,
+    smallest_magnitudes,
     sparsify_breadcrumbs,
     sparsify_della,
     sparsify_magnitude,
@@ -235,3 +239,99 @@ def test_noise_seed_is_a_stable_hash():
 
     assert stable_seed(0, "w") == stable_seed(0, "w")
     assert stable_seed(0, "w") == int.from_bytes(__import__("hashlib").sha256(b"0:w").digest()[:8], "little") & (2**63 - 1)
+
+
+# ---------------------------------------------------------------- selection (thresholds without a sort)
+
+
+def sorted_magnitudes(x: torch.Tensor, ranks) -> list[float]:
+    """The reference: r-th smallest |x| by a full sort."""
+    ordered = x.float().abs().flatten().sort().values
+    return [ordered[r - 1].item() for r in ranks]
+
+
+def selection_cases():
+    g = torch.Generator().manual_seed(7)
+    yield "gaussian", torch.randn(50_000, generator=g) * 1e-3
+    yield "quantized", quantized_delta((300, 200), seed=5)  # fp32 differences of bf16 weights: many ties
+    tied = torch.randn(40_000, generator=g)
+    tied[::3] = 0.25  # a third of the entries share one magnitude, of both signs
+    tied[1::3] = -0.25
+    yield "tied", tied
+    yield "zeros and signed zeros", torch.tensor([0.0, -0.0] * 20_000)
+    yield "constant", torch.full((30_000,), -1.5)
+    yield "extremes", torch.tensor([0.0, 1e-45, 1e-38, 3.0e38, float("inf"), -float("inf")] * 5000)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("force_radix", [False, True])
+def test_selection_equals_sort(dtype, force_radix, monkeypatch):
+    import automerge.methods._sparsify as sparsify
+
+    if force_radix:
+        monkeypatch.setattr(sparsify, "_SORT_BELOW", 0)
+        monkeypatch.setattr(sparsify, "_chunks", lambda flat: iter(flat.split(4099)))  # many, uneven chunks
+    for label, x in selection_cases():
+        x = x.to(dtype)
+        n = x.numel()
+        ranks = sorted({1, 2, n // 3, n // 2, n // 2 + 1, n - 1, n})
+        assert smallest_magnitudes(x, ranks) == sorted_magnitudes(x, ranks), (label, dtype)
+        many = list(range(1, n + 1, max(1, n // 60)))  # a whole density grid at once
+        assert smallest_magnitudes(x, many) == sorted_magnitudes(x, many), (label, dtype)
+        # d and |d| give the same magnitudes
+        assert smallest_magnitudes(x.abs(), ranks[:2]) == smallest_magnitudes(x, ranks[:2]), label
+        for density in (0.001, 0.3, 0.5, 0.9):
+            k = magnitude_k(n, density)
+            assert magnitude_threshold(x, density) == sorted_magnitudes(x, [n - k + 1])[0], (label, density)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("values", [[-2.0], [0.5, -0.5], [3.0, -1.0], [0.0, 0.0]])
+def test_selection_tiny_tensors(dtype, values, monkeypatch):
+    import automerge.methods._sparsify as sparsify
+
+    monkeypatch.setattr(sparsify, "_SORT_BELOW", 0)
+    x = torch.tensor(values, dtype=dtype)
+    n = x.numel()
+    assert smallest_magnitudes(x, range(1, n + 1)) == sorted_magnitudes(x, range(1, n + 1))
+    assert smallest_magnitudes(x, []) == []
+    # k = 0 keeps nothing (inf), k = n keeps everything (0.0), and one entry is always kept for density > 0
+    assert magnitude_threshold(x, 0.0) == float("inf")
+    assert magnitude_threshold(x, 1.0) == 0.0
+    assert magnitude_threshold(x, 0.01) == (0.0 if n == 1 else x.float().abs().max().item())
+    with pytest.raises(ValueError, match="outside 1..%d" % n):
+        smallest_magnitudes(x, [n + 1])
+    with pytest.raises(ValueError, match="rank 0"):
+        smallest_magnitudes(x, [0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_selected_thresholds_keep_the_sorted_sets(dtype, monkeypatch):
+    """Same kept sets as sort-based thresholds, for magnitude pruning and breadcrumbs alike."""
+    import automerge.methods._sparsify as sparsify
+
+    monkeypatch.setattr(sparsify, "_SORT_BELOW", 0)
+    d = quantized_delta((256, 96), seed=9).to(dtype).float()
+    a = d.abs()
+    n = d.numel()
+    ordered = a.flatten().sort().values
+    for density in (0.1, 0.5, 0.77):
+        k = magnitude_k(n, density)
+        thr = ordered[n - k].item()
+        assert torch.equal(sparsify_magnitude(d, density=density), d * (a >= thr))
+        for gamma in (0.0, 0.05):
+            n_bot, n_keep = breadcrumbs_counts(n, density, gamma)
+            lo, hi = ordered[n_bot].item(), ordered[n_bot + n_keep - 1].item()
+            assert breadcrumbs_thresholds(a, density=density, gamma=gamma) == (lo, hi)
+            assert torch.equal(sparsify_breadcrumbs(d, density=density, gamma=gamma), d * ((a >= lo) & (a <= hi)))
+
+
+def test_half_histogram_answers_every_rank():
+    x = quantized_delta((128, 64), seed=2).to(torch.bfloat16)
+    counts = half_magnitude_counts(x)
+    n = x.numel()
+    assert counts.dtype == torch.int32 and counts[-1].item() == n
+    ranks = list(range(1, n + 1, 97)) + [n]
+    assert half_magnitude_at(counts, x.dtype, ranks) == sorted_magnitudes(x, ranks)
+    with pytest.raises(TypeError, match="float16/bfloat16"):
+        half_magnitude_counts(x.float())

@@ -9,17 +9,15 @@ import io
 
 import pandas as pd
 import pytest
-import typer
 import yaml
 from typer.testing import CliRunner
 
+from automerge.cli import app as automerge_app
 from automerge.recipe import Recipe
-from automerge.report.cli import register
 from automerge.report.pareto_table import pareto_table, pick
 from automerge.report.study_reader import load_study
+from automerge.search import run as search_run
 from report_study import DEMO_LIMITS, RealRunner, evaluate_dir
-
-search_run = pytest.importorskip("automerge.search.run")
 
 
 def write_space(path, *, name, base, specialists, reference=None, trials=5, seed=0):
@@ -63,10 +61,8 @@ def round1(tmp_path_factory, demo_zoo, real_scorer):
 
 @pytest.fixture(scope="module")
 def round1_export(round1):
-    app = typer.Typer()
-    register(app)
     out = round1 / "export"
-    res = CliRunner().invoke(app, ["export", "round1", "--results-dir", str(round1 / "results"), "--pick", "knee",
+    res = CliRunner().invoke(automerge_app, ["export", "round1", "--results-dir", str(round1 / "results"), "--pick", "knee",
                                    "--recipe", str(out / "knee.yaml"), "--model", str(out / "knee"), "--device", "cpu"])
     assert res.exit_code == 0, (res.output, res.exception)
     return out
@@ -112,8 +108,7 @@ def test_second_round_with_the_merged_model_as_a_specialist(round1, round1_expor
 def test_second_round_starts_from_the_warm_start_recipe(round1, round1_export, demo_zoo, real_scorer, tmp_path):
     """`automerge search SPACE --warm-start knee.yaml`: round 2 adds the tests specialist and
     evaluates the round-1 recipe first."""
-    if "warm_start" not in inspect.signature(search_run.SearchOptions).parameters:
-        pytest.skip("automerge search has no --warm-start yet (SearchOptions.warm_start; search owner)")
+    assert "warm_start" in inspect.signature(search_run.SearchOptions).parameters  # a missing feature fails
     z = demo_zoo / "models"
     space = write_space(tmp_path / "round2.yaml", name="round2", base=z / "base", trials=3, seed=1,
                         specialists={"code": (z / "code", "code"), "lang": (z / "lang", "nl"),

@@ -14,6 +14,23 @@ sys.path.insert(0, str(Path(__file__).parent))  # search_helpers, search_fakes, 
 from search_helpers import PG_URL  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def test_zoo(tmp_path_factory):
+    """The test-size zoo's model directories (built once per session, seconds)."""
+    import torch
+
+    from automerge.zoo.build import build_zoo
+
+    out = tmp_path_factory.mktemp("zoo") / "zoo"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        build_zoo(size="test", out=out, seed=0, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out / "models"
+
+
 @pytest.fixture
 def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path / 'study.db'}"

@@ -83,3 +83,29 @@ def check_invariants(study, *, samples: int | None = None) -> dict:
         s_items = sorted(int(c.item[1:]) for c in rows if c.rung == 0 and c.item.startswith("s"))
         assert s_items == list(range(samples)), f"sample slots {s_items} != 0..{samples - 1}"
     return counts
+
+
+def zoo_space(models: Path, path: Path, **over) -> Path:
+    """A space over the test-size zoo's models (real engine and evaluator), written to `path`."""
+    d = {
+        "name": "e2e",
+        "base": str(models / "base"),
+        "specialists": [{"name": "code", "path": str(models / "code"), "domain": "code"},
+                        {"name": "lang", "path": str(models / "lang"), "domain": "nl"}],
+        "references": [{"name": "mix", "path": str(models / "mix")}],
+        "methods": ["task_arithmetic", "ties", "dare_ties", "linear"],
+        "parameters": {"weight": [0.0, 1.5], "density": [0.1, 1.0], "lambda": 1.0},
+        "objectives": [
+            {"name": "code", "tasks": {"code_body_ll": 1.0},
+             "full_tasks": {"code_body_ll": 1.0, "ext_code_body_ll": 1.0}},
+            {"name": "nl", "tasks": {"prose_ll": 1.0}, "full_tasks": {"prose_ll": 1.0, "ext_prose_ll": 1.0}},
+        ],
+        "rungs": {"items": [8, 24], "eta": 3},
+        "full_evaluation": {"tasks": [], "limit": 60},
+        "budget": {"trials": 12},
+        "device": "cpu",
+        "seed": 0,
+    }
+    d.update(over)
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path

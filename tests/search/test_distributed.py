@@ -1,7 +1,9 @@
 """Several worker processes on one study (SQLite file and PostgreSQL), and kill -9 mid-trial.
 
-The workers run tests/search/worker_main.py (the real Worker, a fake runner with a delay so the
-processes overlap); the checks are the exactly-once / nothing-lost invariants of the storage.
+The workers run tests/search/worker_main.py (the real Worker, a fake runner); the checks are the
+exactly-once / nothing-lost invariants of the storage. Overlap and the kill are events (a
+rendezvous of both workers mid-trial, a worker holding mid-trial until killed), not time windows.
+(test_real_workers.py runs the real `automerge search` command instead of the fake runner.)
 """
 
 from __future__ import annotations
@@ -22,18 +24,30 @@ from automerge.search.study import SearchStudy
 HERE = Path(__file__).parent
 
 
-def start_worker(url: str, study: str, space: Path, *, delay: float = 0.05, stale_after: float = 600,
-                 log: Path | None = None) -> subprocess.Popen:
+def start_worker(url: str, study: str, space: Path, *, delay: float = 0.0, stale_after: float = 600,
+                 log: Path | None = None, gates: tuple[str, ...] = ()) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     out = open(log, "w") if log else subprocess.PIPE
     return subprocess.Popen(
         [sys.executable, str(HERE / "worker_main.py"), url, study, str(space), "--delay", str(delay),
-         "--stale-after", str(stale_after), "--heartbeat", "0.5"],
+         "--stale-after", str(stale_after), "--heartbeat", "0.5", *gates],
         stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
 
 
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> str:
+    """Block until `path` exists (an event the worker writes); bounded, and fails early if the
+    worker exits first."""
+    t0 = time.monotonic()
+    while not path.exists():
+        assert proc.poll() is None, f"worker exited ({proc.returncode}) before {path.name} appeared"
+        assert time.monotonic() - t0 < timeout, f"{path.name} did not appear within {timeout:.0f} s"
+        time.sleep(0.05)
+    return path.read_text()
+
+
 def two_workers(url: str, name: str, space: Path, tmp_path: Path, trials: int) -> dict:
-    procs = [start_worker(url, name, space, log=tmp_path / f"w{i}.log") for i in range(2)]
+    meet = ("--rendezvous", str(tmp_path / "rendezvous"))  # both mid-trial at once: each finishes >= 1
+    procs = [start_worker(url, name, space, delay=0.01, log=tmp_path / f"w{i}.log", gates=meet) for i in range(2)]
     try:
         for p in procs:
             assert p.wait(timeout=300) == 0, (tmp_path / "w0.log").read_text()[-3000:]
@@ -68,28 +82,6 @@ def test_two_workers_share_a_postgresql_study(tmp_path, pg_url):
     two_workers(url, name, space, tmp_path, 14)
 
 
-def _wait_running_trial(url: str, name: str, proc: subprocess.Popen, timeout: float = 120,
-                        min_complete: int = 0) -> int:
-    """Block until the worker has a search trial RUNNING (mid-evaluation) and at least
-    `min_complete` trials done; return the running trial's number."""
-    t0 = time.time()
-    study = None
-    while time.time() - t0 < timeout:
-        assert proc.poll() is None, "worker exited before it could be killed"
-        try:
-            study = study or SearchStudy.open(name, url, None)
-            done = sum(len(study.trials(r, [TrialState.COMPLETE])) for r in range(study.num_rungs))
-            for r in range(study.num_rungs):
-                running = [t for t in study.trials(r, [TrialState.RUNNING]) if "recipe" in t.user_attrs
-                           or t.user_attrs.get("kind") == "reference"]
-                if done >= min_complete and running and any(t.user_attrs.get("kind") == "search" for t in running):
-                    return running[0].number
-        except Exception:  # noqa: BLE001 - the study may not exist yet
-            study = None
-        time.sleep(0.1)
-    raise AssertionError("no running trial seen")
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_kill_9_mid_trial_then_resume(tmp_path, backend, request):
     if backend == "sqlite":
@@ -101,11 +93,12 @@ def test_kill_9_mid_trial_then_resume(tmp_path, backend, request):
         names.append(name)
     trials = 8
     space = write_space(tmp_path / "space.yaml", budget={"trials": trials}, baselines=["ties"], references=[])
-    proc = start_worker(url, name, space, delay=0.6, log=tmp_path / "first.log")
+    hold = tmp_path / "holding"
+    proc = start_worker(url, name, space, log=tmp_path / "first.log",
+                        gates=("--hold-after", "2", "--hold-file", str(hold)))
     try:
-        # kill the moment a search trial is mid-evaluation with completed work to keep
-        # (a fixed sleep instead lands between trials on a loaded machine)
-        _wait_running_trial(url, name, proc, min_complete=2)
+        # the worker holds mid-evaluation of a search trial, with completed work to keep, until killed
+        rung, number = map(int, wait_for_file(hold, proc).split())
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -114,7 +107,7 @@ def test_kill_9_mid_trial_then_resume(tmp_path, backend, request):
     study = SearchStudy.open(name, url, None)
     before = {r: {t.number: t.values for t in study.trials(r, [TrialState.COMPLETE])} for r in range(3)}
     killed = [t.number for r in range(3) for t in study.trials(r, [TrialState.RUNNING])]
-    assert killed, "the kill must land mid-trial"
+    assert killed == [number] and number in {t.number for t in study.trials(rung, [TrialState.RUNNING])}
     assert sum(len(v) for v in before.values()) >= 1
     study.close()
     # restart: the same command continues the study

@@ -6,59 +6,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
-from search_helpers import check_invariants
+from entry_point import automerge_cmd, cli_env
+from search_helpers import check_invariants, zoo_space
 from optuna.trial import TrialState
 
 from automerge.search.study import SearchStudy
-
-HERE = Path(__file__).parent
-
-
-@pytest.fixture(scope="session")
-def test_zoo(tmp_path_factory):
-    import torch
-
-    from automerge.zoo.build import build_zoo
-
-    out = tmp_path_factory.mktemp("zoo") / "zoo"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        build_zoo(size="test", out=out, seed=0, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    return out / "models"
-
-
-def zoo_space(models: Path, path: Path, **over) -> Path:
-    d = {
-        "name": "e2e",
-        "base": str(models / "base"),
-        "specialists": [{"name": "code", "path": str(models / "code"), "domain": "code"},
-                        {"name": "lang", "path": str(models / "lang"), "domain": "nl"}],
-        "references": [{"name": "mix", "path": str(models / "mix")}],
-        "methods": ["task_arithmetic", "ties", "dare_ties", "linear"],
-        "parameters": {"weight": [0.0, 1.5], "density": [0.1, 1.0], "lambda": 1.0},
-        "objectives": [
-            {"name": "code", "tasks": {"code_body_ll": 1.0},
-             "full_tasks": {"code_body_ll": 1.0, "ext_code_body_ll": 1.0}},
-            {"name": "nl", "tasks": {"prose_ll": 1.0}, "full_tasks": {"prose_ll": 1.0, "ext_prose_ll": 1.0}},
-        ],
-        "rungs": {"items": [8, 24], "eta": 3},
-        "full_evaluation": {"tasks": [], "limit": 60},
-        "budget": {"trials": 12},
-        "device": "cpu",
-        "seed": 0,
-    }
-    d.update(over)
-    path.write_text(yaml.safe_dump(d, sort_keys=False))
-    return path
 
 
 def test_search_end_to_end_on_the_test_zoo(test_zoo, tmp_path, capsys):
@@ -98,8 +53,8 @@ def test_search_end_to_end_on_the_test_zoo(test_zoo, tmp_path, capsys):
 def test_cli_kill_9_then_resume(test_zoo, tmp_path):
     space = zoo_space(test_zoo, tmp_path / "space.yaml", name="killcli", budget={"trials": 10})
     results = tmp_path / "results"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, str(HERE / "cli_main.py"), "search", str(space), "--quiet", "--threads", "1", "--no-report",
+    env = cli_env()
+    cmd = [*automerge_cmd(), "search", str(space), "--quiet", "--threads", "1", "--no-report",
            "--results-dir", str(results)]
     log = results / "killcli" / "search.log"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
@@ -121,7 +76,7 @@ def test_cli_kill_9_then_resume(test_zoo, tmp_path):
     before = {r: {t.number: t.values for t in study.trials(r, [TrialState.COMPLETE])} for r in range(3)}
     study.close()
     # `automerge search --study NAME` continues the killed run from storage alone
-    res = subprocess.run([sys.executable, str(HERE / "cli_main.py"), "search", "--study", "killcli", "--quiet",
+    res = subprocess.run([*automerge_cmd(module=True), "search", "--study", "killcli", "--quiet",
                           "--threads", "1", "--no-report", "--results-dir", str(results)], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]

@@ -202,13 +202,9 @@ def test_bad_spaces_fail_before_any_model_loads(tiny_models, tmp_path, monkeypat
 
 
 def test_cli_reports_space_errors(tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    from automerge.search.cli import register
-
-    app = typer.Typer()
-    register(app)
+    from automerge.cli import app
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space_dict(methods=["nope"])))
     res = CliRunner().invoke(app, ["search", str(path), "--results-dir", str(tmp_path / "r")])

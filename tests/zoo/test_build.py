@@ -126,18 +126,10 @@ def test_failure_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_cli_build(tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    from automerge.zoo.cli import register
+    from automerge.cli import app
 
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        pass
-
-    register(app)
     runner = CliRunner()
     res = runner.invoke(app, ["zoo", "build", "--size", "test", "--out", str(tmp_path / "z"), "--seed", "1"])
     assert res.exit_code == 0, res.output
