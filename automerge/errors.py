@@ -28,12 +28,18 @@ class EvalError(AutomergeError):
     """An evaluation task cannot be set up or run."""
 
 
+def redact(url: str) -> str:
+    """A storage URL without its password (``postgresql://me:***@host/db``), for every message and
+    page that shows one (re-exported by `automerge.study_format`)."""
+    import re
+
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
 def storage_failure(url: str, err: BaseException) -> str:
     """One line for a study storage that cannot be opened: the URL (password hidden), the database
     driver's own first line (not SQLAlchemy's SQL echo and links), and the fix for the usual causes."""
-    import re
-
-    shown = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+    shown = redact(url)
     msgs = []
     e: BaseException | None = err
     while e is not None and len(msgs) < 10:     # the root cause: a driver error under optuna / SQLAlchemy

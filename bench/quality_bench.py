@@ -242,7 +242,7 @@ def hold_matrix(points) -> np.ndarray:
 
 def picked_front(points, directions) -> list[dict]:
     """The points a user of this variant would pick: non-dominated by the measured objectives."""
-    from automerge.search.pareto import pareto_mask, to_minimization
+    from automerge.pareto import pareto_mask, to_minimization
 
     if not points:
         return []
@@ -251,7 +251,7 @@ def picked_front(points, directions) -> list[dict]:
 
 
 def holdout_hv(points, ref) -> float:
-    from automerge.search.pareto import hypervolume
+    from automerge.pareto import hypervolume
 
     return hypervolume(hold_matrix(points), ref) if points else 0.0
 

@@ -150,7 +150,7 @@ def collect(study) -> list[dict]:
 
 
 def hv_curve(events: list[dict], directions: list[str], ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from automerge.search.pareto import hypervolume, to_minimization
+    from automerge.pareto import hypervolume, to_minimization
 
     xs, ys, pts, compute = [0.0], [0.0], [], 0.0
     for e in events:
@@ -186,7 +186,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from automerge.search.pareto import to_minimization
+    from automerge.pareto import to_minimization
     from automerge.search.space import SearchSpace
     from automerge.search.worker import EngineRunner
 

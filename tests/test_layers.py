@@ -1,160 +1,153 @@
+"""Dependencies run one way: cli → search, report → engine, eval → methods, checkpoints, recipe.
+
+Every module's imports (top level and inside functions, absolute and relative) are read with
+`ast` — nothing is imported — and each must point to a layer its own layer may use. search and
+report sit side by side: what both need (the study format, Pareto and error-bar statistics)
+lives below them. The core never imports `automerge.zoo`; only the CLI layer may.
+
+A new module belongs to the layer of its package; a new top-level module must be given a layer
+in `TOP_LEVEL` below (the test says so by name).
+"""
+
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
-from tiny_models import ARCHS, read_tensors, save_tiny_model
 
-from automerge.errors import AutomergeError, CheckpointError, RecipeError
-from automerge.layers import LayerGrouping, layer_index, num_hidden_layers, tensor_role
+PACKAGE = Path(__file__).resolve().parent.parent / "automerge"
 
-# Ground truth, written out by hand per architecture: role of every tensor outside the blocks,
-# and of every tensor suffix inside a block. The test also checks that these are *all* the
-# tensors the real (tiny) model has, so a new name cannot slip through ungrouped.
-_LLAMA_BLOCK = {
-    "input_layernorm.weight": "attn",
-    "self_attn.q_proj.weight": "attn", "self_attn.k_proj.weight": "attn",
-    "self_attn.v_proj.weight": "attn", "self_attn.o_proj.weight": "attn",
-    "post_attention_layernorm.weight": "mlp",
-    "mlp.gate_proj.weight": "mlp", "mlp.up_proj.weight": "mlp", "mlp.down_proj.weight": "mlp",
+# layer -> the layers it may import (its own included)
+ALLOWED = {
+    "base": {"base"},
+    "model": {"base", "model"},
+    "format": {"base", "model", "format"},
+    "engine": {"base", "model", "engine"},
+    "eval": {"base", "model", "eval"},
+    "search": {"base", "model", "format", "engine", "eval", "search"},
+    "report": {"base", "model", "format", "engine", "eval", "report"},
+    "zoo": {"base", "model", "format", "engine", "eval", "zoo"},
+    "cli": {"base", "model", "format", "engine", "eval", "search", "report", "zoo", "cli"},
 }
-_LLAMA_TOP = {"model.embed_tokens.weight": "embed", "model.norm.weight": "head", "lm_head.weight": "head"}
-EXPECTED = {
-    "llama": ("model.layers.{i}.", _LLAMA_TOP, _LLAMA_BLOCK),
-    "mistral": ("model.layers.{i}.", _LLAMA_TOP, _LLAMA_BLOCK),
-    "gemma": ("model.layers.{i}.", _LLAMA_TOP, _LLAMA_BLOCK),
-    "qwen2": ("model.layers.{i}.", _LLAMA_TOP, {
-        **_LLAMA_BLOCK,
-        "self_attn.q_proj.bias": "attn", "self_attn.k_proj.bias": "attn", "self_attn.v_proj.bias": "attn",
-    }),
-    "phi3": ("model.layers.{i}.", _LLAMA_TOP, {
-        "input_layernorm.weight": "attn", "self_attn.qkv_proj.weight": "attn", "self_attn.o_proj.weight": "attn",
-        "post_attention_layernorm.weight": "mlp", "mlp.gate_up_proj.weight": "mlp", "mlp.down_proj.weight": "mlp",
-    }),
-    "gpt2": ("transformer.h.{i}.", {
-        "transformer.wte.weight": "embed", "transformer.wpe.weight": "embed",
-        "transformer.ln_f.weight": "head", "transformer.ln_f.bias": "head", "lm_head.weight": "head",
-    }, {
-        **{f"ln_1.{p}": "attn" for p in ("weight", "bias")},
-        **{f"attn.{m}.{p}": "attn" for m in ("c_attn", "c_proj") for p in ("weight", "bias")},
-        **{f"ln_2.{p}": "mlp" for p in ("weight", "bias")},
-        **{f"mlp.{m}.{p}": "mlp" for m in ("c_fc", "c_proj") for p in ("weight", "bias")},
-    }),
-    "gpt_neox": ("gpt_neox.layers.{i}.", {
-        "gpt_neox.embed_in.weight": "embed", "embed_out.weight": "head",
-        "gpt_neox.final_layer_norm.weight": "head", "gpt_neox.final_layer_norm.bias": "head",
-    }, {
-        **{f"input_layernorm.{p}": "attn" for p in ("weight", "bias")},
-        **{f"attention.{m}.{p}": "attn" for m in ("query_key_value", "dense") for p in ("weight", "bias")},
-        **{f"post_attention_layernorm.{p}": "mlp" for p in ("weight", "bias")},
-        **{f"mlp.{m}.{p}": "mlp" for m in ("dense_h_to_4h", "dense_4h_to_h") for p in ("weight", "bias")},
-    }),
+# top-level modules and packages of automerge -> their layer
+TOP_LEVEL = {
+    "": "base",  # the package itself (__version__)
+    "errors": "base", "files": "base", "layers": "base", "_lazy": "base",
+    "spaces": "base",  # the shipped search spaces (data)
+    "methods": "model", "checkpoints": "model", "recipe": "model", "mergekit_config": "model",
+    "fisher": "model", "specialists": "model", "task_vectors": "model",
+    "study_format": "format", "pareto": "format", "noise": "format",
+    "engine": "engine", "heal": "engine",
+    "eval": "eval",
+    "search": "search",
+    "report": "report",
+    "zoo": "zoo",
+    "cli": "cli", "__main__": "cli", "merge_cli": "cli", "search_job": "cli", "analyze_cli": "cli",
+    "heal_cli": "cli",
 }
-NUM_LAYERS = 5  # with 2 groups: layers 0-2 -> block0, 3-4 -> block1
+CLI_SUBMODULES = {"cli"}  # search.cli, report.cli, eval.cli: the command line of their package
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("layers")
-    return {
-        (arch, tie): save_tiny_model(root / f"{arch}-{tie}", arch=arch, num_layers=NUM_LAYERS, tie_embeddings=tie)
-        for arch in ARCHS for tie in (False, True)
-    }
+def layer_of(module: str) -> str:
+    """The layer of a dotted module name under automerge ("automerge.search.cli" -> "cli")."""
+    parts = module.split(".")[1:]
+    if len(parts) >= 2 and parts[-1] in CLI_SUBMODULES:
+        return "cli"
+    top = parts[0] if parts else ""
+    if top not in TOP_LEVEL:
+        raise AssertionError(f"automerge.{top} has no layer; give it one in TOP_LEVEL of {Path(__file__).name}")
+    return TOP_LEVEL[top]
 
 
-@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
-@pytest.mark.parametrize("arch", ARCHS)
-def test_every_tensor_of_real_architectures_gets_the_right_group(models, arch, tie):
-    prefix, top, block = EXPECTED[arch]
-    if tie:  # a tied lm_head is not stored: the embeddings count once, as embed
-        top = {k: v for k, v in top.items() if v != "head" or "norm" in k or "ln_f" in k}
-    expected_role = dict(top)
-    for i in range(NUM_LAYERS):
-        expected_role.update({prefix.format(i=i) + suffix: role for suffix, role in block.items()})
-    names = list(read_tensors(models[arch, tie]))
-    assert sorted(names) == sorted(expected_role)
-
-    whole = LayerGrouping(NUM_LAYERS, num_groups=2)
-    split = LayerGrouping(NUM_LAYERS, num_groups=2, split_attn_mlp=True)
-    for name in names:
-        role = expected_role[name]
-        assert tensor_role(name) == role, name
-        i = layer_index(name)
-        if role in ("embed", "head"):
-            assert i is None and whole.group_of(name) == role and split.group_of(name) == role
-        else:
-            g = 0 if i < 3 else 1
-            assert whole.group_of(name) == f"block{g}", name
-            assert split.group_of(name) == f"block{g}.{role}", name
-    embeds = [n for n in names if whole.group_of(n) == "embed"]
-    assert len(embeds) == (2 if arch == "gpt2" else 1)  # gpt2: token + position embeddings
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
 
 
-def test_layer_index():
-    assert layer_index("model.layers.3.mlp.up_proj.weight") == 3
-    assert layer_index("transformer.h.12.attn.c_attn.bias") == 12
-    assert layer_index("gpt_neox.layers.0.attention.dense.weight") == 0
-    assert layer_index("backbone.blocks.7.mixer.in_proj.weight") == 7  # generic fallback
-    assert layer_index("model.language_model.layers.2.self_attn.q_proj.weight") == 2
-    for name in ("model.embed_tokens.weight", "lm_head.weight", "transformer.ln_f.weight", "model.norm.weight"):
-        assert layer_index(name) is None
-    assert layer_index("model.head_12.weight") is None  # "h" must be a whole path component
+def imports_of(path: Path, root: Path) -> list[tuple[int, str]]:
+    """(line, dotted module) of every automerge import in the file; `from automerge.search import
+    worker` counts as an import of the module automerge.search.worker."""
+    module = module_name(path, root)
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            subs = [f"{target}.{a.name}" for a in node.names if _is_module(f"{target}.{a.name}", root)]
+            out += [(node.lineno, t) for t in subs or [target]]
+    return [(line, t) for line, t in out if t == "automerge" or t.startswith("automerge.")]
 
 
-def test_tensor_role_generic_names():
-    assert tensor_role("output.weight") == "head"
-    assert tensor_role("tok_embeddings.weight") == "embed"
-    assert tensor_role("blocks.0.attn.qkv.weight") == "attn"
-    assert tensor_role("blocks.0.ffn.w1.weight") == "mlp"
-    assert tensor_role("model.layers.0.pre_feedforward_layernorm.weight") == "mlp"  # Gemma 2
-    assert tensor_role("model.layers.0.post_feedforward_layernorm.weight") == "mlp"
-    assert tensor_role("model.layers.0.block_sparse_moe.experts.3.w1.weight") == "mlp"  # Mixtral
+def _is_module(dotted: str, root: Path) -> bool:
+    path = root.parent / Path(*dotted.split("."))
+    return path.is_dir() or path.with_suffix(".py").is_file()
 
 
-def test_unknown_block_tensor_only_fails_when_split():
-    name = "model.layers.0.mystery.weight"
-    assert LayerGrouping(2).group_of(name) == "block0"
-    with pytest.raises(CheckpointError, match="mystery"):
-        LayerGrouping(2, split_attn_mlp=True).group_of(name)
+def violations(root: Path = PACKAGE) -> list[str]:
+    """Every import against the direction, as `file:line: module (layer) imports target (layer)`."""
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        module = module_name(path, root)
+        mine = layer_of(module)
+        for line, target in imports_of(path, root):
+            theirs = layer_of(target)
+            if theirs not in ALLOWED[mine]:
+                bad.append(f"{path.relative_to(root.parent)}:{line}: {module} ({mine}) imports {target} ({theirs})")
+    return bad
 
 
-def test_num_hidden_layers():
-    assert num_hidden_layers({"num_hidden_layers": 28}) == 28
-    assert num_hidden_layers({"n_layer": 12}) == 12  # gpt2
-    assert num_hidden_layers({"text_config": {"num_hidden_layers": 4}}) == 4
-    with pytest.raises(CheckpointError, match="num_hidden_layers"):
-        num_hidden_layers({"hidden_size": 32})
+def test_imports_run_one_way():
+    bad = violations()
+    assert not bad, "imports against cli → search, report → engine, eval → methods, checkpoints, recipe:\n" \
+        + "\n".join(bad)
 
 
-def test_groups_partition_layers_contiguously():
-    for L in range(1, 13):
-        for G in range(1, L + 1):
-            grouping = LayerGrouping(L, G)
-            ranges = [grouping.layers_of(f"block{g}") for g in range(G)]
-            assert [i for r in ranges for i in r] == list(range(L))
-            assert max(map(len, ranges)) - min(map(len, ranges)) <= 1
-            for g, r in enumerate(ranges):
-                for i in r:
-                    assert grouping.group_of(f"model.layers.{i}.mlp.up_proj.weight") == f"block{g}"
+def test_core_never_imports_the_zoo():
+    bad = [v for v in violations() if v.endswith("(zoo)")]
+    assert not bad, "\n".join(bad)
+    assert "zoo" not in ALLOWED["search"] | ALLOWED["report"] | ALLOWED["eval"] | ALLOWED["engine"]
 
 
-def test_groups_in_model_order():
-    assert LayerGrouping(4, 2).groups() == ["embed", "block0", "block1", "head"]
-    assert LayerGrouping(4, 2, split_attn_mlp=True).groups() == [
-        "embed", "block0.attn", "block0.mlp", "block1.attn", "block1.mlp", "head"]
-    split = LayerGrouping(6, 3, split_attn_mlp=True)
-    assert split.layers_of("block1.mlp") == range(2, 4)
-    assert split.layers_of("embed") == range(0)
+PLOTS = "automerge.report.plots (report) imports"
 
 
-@pytest.mark.parametrize("num_groups", [0, -1, 5, 2.5])
-def test_num_groups_out_of_range(num_groups):
-    with pytest.raises(RecipeError, match=r"num_groups.*1\.\.4"):
-        LayerGrouping(4, num_groups)
+@pytest.mark.parametrize("source, culprit", [
+    ("from automerge.search.pareto import hypervolume\n", f"{PLOTS} automerge.search.pareto"),
+    ("def f():\n    from automerge.search import worker\n", f"{PLOTS} automerge.search.worker"),
+    ("from ..search import run\n", f"{PLOTS} automerge.search.run"),
+    ("import automerge.zoo.build\n", f"{PLOTS} automerge.zoo.build (zoo)"),
+])
+def test_the_check_catches_an_import_against_the_direction(tmp_path, source, culprit):
+    """The check itself can fail: a report module importing search (the old code did: report/
+    pareto_table.py imported search.pareto, search/run.py imported report) or the zoo."""
+    pkg = tmp_path / "automerge"
+    for sub in ("", "report", "search", "zoo"):
+        (pkg / sub).mkdir(parents=True, exist_ok=True)
+        (pkg / sub / "__init__.py").write_text("")
+    for name in ("pareto", "worker", "run"):
+        (pkg / "search" / f"{name}.py").write_text("")
+    (pkg / "zoo" / "build.py").write_text("")
+    (pkg / "report" / "plots.py").write_text(source)
+    bad = violations(pkg)
+    assert len(bad) == 1 and culprit in bad[0], bad
 
 
-def test_unknown_group_and_layer_beyond_model():
-    with pytest.raises(RecipeError, match="block0.attn"):
-        LayerGrouping(4, 2).layers_of("block0.attn")  # not split
-    with pytest.raises(RecipeError, match="block2"):
-        LayerGrouping(4, 2).layers_of("block2")
-    with pytest.raises(AutomergeError, match="layer 4"):
-        LayerGrouping(4, 2).group_of("model.layers.4.mlp.up_proj.weight")
+def test_the_cli_layer_may_import_anything(tmp_path):
+    pkg = tmp_path / "automerge"
+    for sub in ("", "report", "search"):
+        (pkg / sub).mkdir(parents=True, exist_ok=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "search" / "run.py").write_text("")
+    (pkg / "report" / "html.py").write_text("")
+    (pkg / "search" / "cli.py").write_text("from automerge.report import html\nfrom . import run\n")
+    (pkg / "search_job.py").write_text("from automerge.report.html import x\nfrom automerge.search.run import y\n")
+    assert violations(pkg) == []

@@ -4,7 +4,7 @@
   trials after each completion, against wall time since the study's first trial started and
   against the compute the whole search had used by then (sum of ``compute_s`` of every trial
   of every rung finished so far). Each rung has one fixed reference point: just worse than
-  every completed trial there, baselines included (`automerge.search.pareto.reference_point`),
+  every completed trial there, baselines included (`automerge.pareto.reference_point`),
   so a rung's curve only rises.
 * `param_importances`: Optuna's `get_param_importances` (PED-ANOVA, the Optuna 5 default) on
   rung 0's search trials, once per objective and once for the front as a whole. Baselines
@@ -25,7 +25,7 @@ import pandas as pd
 
 from automerge.report.pareto_table import minimization, parse_recipe
 from automerge.report.study_reader import StudyData
-from automerge.search.pareto import hypervolume, reference_point
+from automerge.pareto import hypervolume, reference_point
 
 
 def hypervolume_history(data: StudyData) -> pd.DataFrame:
@@ -65,7 +65,7 @@ def param_importances(data: StudyData, rung: str | None = None) -> pd.DataFrame:
     """Columns: target (an objective name or "front"), param, importance (normalised per target)."""
     import optuna
 
-    from automerge.report.study_reader import open_storage
+    from automerge.study_format import open_storage
 
     columns = ["target", "param", "importance"]
     label = data.rung_label(rung) if rung is not None else data.rung_labels[0]
@@ -126,18 +126,14 @@ def group_profiles(data: StudyData, rows: pd.DataFrame | Iterable[pd.Series]) ->
         recipe = parse_recipe(r["recipe"])
         if recipe is None:
             continue
-        num_groups = int(recipe.get("num_groups") or 1)
-        split = bool(recipe.get("split_attn_mlp"))
-        params = recipe.get("parameters") or {}
-        for m in recipe.get("models") or []:
-            mp = m.get("parameters") or {}
-            for group, pos in group_positions(num_groups, split):
-                lam = _value(params.get("lambda"), group, 1.0)
-                w = _value(mp.get("weight"), group, 1.0)
-                d = _value(mp.get("density"), group, math.nan)
+        for m in recipe.models:
+            for group, pos in group_positions(recipe.num_groups, recipe.split_attn_mlp):
+                lam = _value(recipe.parameters.get("lambda"), group, 1.0)
+                w = _value(m.parameters.get("weight"), group, 1.0)
+                d = _value(m.parameters.get("density"), group, math.nan)
                 out.append({
                     "rung": r["rung"], "trial": int(r["trial"]), "label": r.get("label") or "",
-                    "model": str(m.get("name")), "group": group, "position": pos,
+                    "model": m.name, "group": group, "position": pos,
                     "scale": lam * w, "density": d,
                 })
     return pd.DataFrame(out, columns=columns)

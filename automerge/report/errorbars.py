@@ -5,7 +5,7 @@ with paired 95 % CIs, and the end-of-run verdict in words.
     lines = verdict_lines(data)                # what `automerge search` prints at the end
 
 Everything is computed from the per-item scores the search stores (``item_scores``, see
-`automerge.search.noise`); a study without them (older than error bars) gets point comparisons
+`automerge.noise`); a study without them (older than error bars) gets point comparisons
 and says so. Units: an objective of log-likelihood tasks is shown as a loss in nats/token (lower
 is better; perplexity = e^loss) and its differences as gains in nats/token (positive = better,
 = the loss the trial saves); other objectives in their own metric.
@@ -16,7 +16,7 @@ Rules:
   not Pareto-dominated by another one, nearest the ideal point after scaling each objective to
   [0, 1] over those baselines (the same normalisation the knee uses) — the merge a user would
   have shipped without searching.
-* A comparison's **verdict** is `automerge.search.noise.verdict`: "dominates" only when a CI
+* A comparison's **verdict** is `automerge.noise.verdict`: "dominates" only when a CI
   excludes zero in the trial's favour on one objective and in the other's favour on none;
   "indistinguishable" when every CI holds zero.
 * The verdict **never names a winner inside the noise**: a difference whose CI holds zero is
@@ -33,10 +33,11 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from automerge.report.study_reader import FULL, StudyData
-from automerge.search.noise import (Difference, ItemScores, items_for, items_from_attrs, objective_noise,
-                                    paired_difference, unit_of, verdict)
-from automerge.search.pareto import dominates, non_dominated_sort
+from automerge.noise import (Difference, ItemScores, items_for, items_from_attrs, objective_noise,
+                             paired_difference, unit_of, verdict)
+from automerge.pareto import dominates, non_dominated_sort
+from automerge.report.study_reader import StudyData
+from automerge.study_format import FULL
 
 LEVEL = 0.95
 

@@ -36,7 +36,8 @@ from automerge.errors import AutomergeError, RecipeError
 from automerge.recipe import Recipe
 from automerge.files import write_text as write_text_atomic
 from automerge.report.pareto_table import display_label, retention, specialists
-from automerge.report.study_reader import StudyData, _redact
+from automerge.report.study_reader import StudyData
+from automerge.study_format import redact
 
 
 def trial_recipe(data: StudyData, row: pd.Series) -> Recipe:
@@ -182,7 +183,7 @@ def model_card(data: StudyData, row: pd.Series, recipe: Recipe, mergekit: str | 
         + (" or `mergekit-yaml mergekit_config.yml OUT_DIR`." if mergekit else "."),
         "",
         "## Study", "",
-        f"- study: `{data.name}` (storage `{_redact(data.storage_url)}`)",
+        f"- study: `{data.name}` (storage `{redact(data.storage_url)}`)",
         f"- rung studies: {', '.join(f'`{r.study_name}`' for r in data.rungs)}",
         f"- exported trial: rung {row['rung']}, trial {int(row['trial'])}"
         + (f", parent trial {int(row['parent'])} in the rung below" if not pd.isna(row["parent"]) else ""),

@@ -29,7 +29,8 @@ import pandas as pd
 from automerge.files import write_text as write_text_atomic
 from automerge.report import analysis, plots
 from automerge.report.pareto_table import display_label, front, knee_index, minimization, pareto_table
-from automerge.report.study_reader import StudyData, _redact
+from automerge.report.study_reader import StudyData
+from automerge.study_format import redact
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 COLORS = plots.COLORS
@@ -327,7 +328,7 @@ def render(data: StudyData, *, table: pd.DataFrame, importances: pd.DataFrame, p
         f"<script type='text/javascript'>{_JS}</script>",
         "</head><body>",
         f"<h1>automerge study <code>{html.escape(data.name)}</code></h1>",
-        f"<p class='meta'>storage <code>{html.escape(_redact(data.storage_url))}</code> · objectives "
+        f"<p class='meta'>storage <code>{html.escape(redact(data.storage_url))}</code> · objectives "
         f"{html.escape(objectives)} · completed trials {html.escape(counts)} · "
         f"{html.escape(', '.join(f'{k}: {v}' for k, v in kinds.items()))} · {html.escape(span)} · "
         f"compute {compute:.0f} s</p>",

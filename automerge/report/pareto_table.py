@@ -5,7 +5,7 @@
     row = pick(data, "knee")                     # a front trial (pandas Series)
 
 Which trials are on the front: the non-dominated *search* trials of the rung (the same set
-the scheduler promotes from; `automerge.search.pareto` does the sorting). Baselines (the
+the scheduler promotes from; `automerge.pareto` does the sorting). Baselines (the
 base model, each specialist alone, simple merges the search enqueues) and reference models
 (e.g. the data-mix model) are shown below the front and marked by ``kind``; the ``dominates``
 column of a front trial names the baselines/references it dominates *beyond the noise* (the
@@ -41,15 +41,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from automerge.errors import AutomergeError
+from automerge.errors import AutomergeError, RecipeError
+from automerge.pareto import dominates, non_dominated_sort, to_minimization
 from automerge.report.study_reader import StudyData
-from automerge.search.pareto import dominates, non_dominated_sort, to_minimization
+from automerge.study_format import stored_recipe
+
+if TYPE_CHECKING:
+    from automerge.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -66,14 +69,13 @@ class Specialist:
 # -- recipes --------------------------------------------------------------------------------
 
 
-def parse_recipe(text: Any) -> dict | None:
-    if not isinstance(text, str) or not text.strip():
-        return None
+def parse_recipe(text: Any) -> Recipe | None:
+    """A stored recipe as a `Recipe` (`automerge.study_format.stored_recipe`, parsed once per
+    text); None without one, or for one that does not parse (the table shows it without params)."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
+        return stored_recipe(text)
+    except RecipeError:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _mean(value: Any) -> float | None:
@@ -109,33 +111,32 @@ def summarize_recipe(text: Any) -> str:
 
     A value that differs between layer groups shows as its range over the groups.
     """
-    data = parse_recipe(text)
-    if data is None:
+    recipe = parse_recipe(text)
+    if recipe is None:
         return ""
     parts = []
-    head = [f"{_SHORT.get(k, k)}={_fmt_value(v)}" for k, v in (data.get("parameters") or {}).items()]
-    if int(data.get("num_groups") or 1) > 1:
-        head.append(f"G={data['num_groups']}{'×2' if data.get('split_attn_mlp') else ''}")
+    head = [f"{_SHORT.get(k, k)}={_fmt_value(v)}" for k, v in recipe.parameters.items()]
+    if recipe.num_groups > 1:
+        head.append(f"G={recipe.num_groups}{'×2' if recipe.split_attn_mlp else ''}")
     if head:
         parts.append(" ".join(head))
-    for m in data.get("models") or []:
-        params = m.get("parameters") or {}
-        inner = " ".join(f"{_SHORT.get(k, k)}={_fmt_value(v)}" for k, v in params.items())
-        parts.append(f"{m.get('name')} {inner}".strip())
+    for m in recipe.models:
+        inner = " ".join(f"{_SHORT.get(k, k)}={_fmt_value(v)}" for k, v in m.parameters.items())
+        parts.append(f"{m.name} {inner}".strip())
     return "; ".join(parts)
 
 
 def model_weights(text: Any) -> dict[str, float]:
     """Effective mean weight per model of a recipe (λ × mean weight; 1.0 when unweighted)."""
-    data = parse_recipe(text)
-    if data is None:
+    recipe = parse_recipe(text)
+    if recipe is None:
         return {}
-    lam = _mean((data.get("parameters") or {}).get("lambda"))
+    lam = _mean(recipe.parameters.get("lambda"))
     lam = 1.0 if lam is None else lam
     out = {}
-    for m in data.get("models") or []:
-        w = _mean((m.get("parameters") or {}).get("weight"))
-        out[str(m.get("name"))] = lam * (1.0 if w is None else w)
+    for m in recipe.models:
+        w = _mean(m.parameters.get("weight"))
+        out[m.name] = lam * (1.0 if w is None else w)
     return out
 
 
@@ -143,7 +144,7 @@ def model_weights(text: Any) -> dict[str, float]:
 
 
 def minimization(data: StudyData, df: pd.DataFrame) -> np.ndarray:
-    """Objective values of the rows in minimisation form (see automerge.search.pareto)."""
+    """Objective values of the rows in minimisation form (see automerge.pareto)."""
     if df.empty:
         return np.zeros((0, len(data.objectives)))
     return to_minimization(df[data.objectives].to_numpy(dtype=float), data.directions)

@@ -1,7 +1,7 @@
 """Load a finished (or running) automerge study from storage into pandas. Read-only.
 
-A study named ``night1`` is several Optuna studies in one storage, one per rung (see the
-``automerge.search.study`` module docstring)::
+A study named ``night1`` is several Optuna studies in one storage, one per rung (the layout:
+`automerge.search.study`; its names: `automerge.study_format`)::
 
     night1          rung 0   (the cheapest proxy evaluation, every trial)
     night1:r1       rung 1   (trials promoted from rung 0; user_attr ``parent`` = their number there)
@@ -34,26 +34,18 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
-from automerge.errors import AutomergeError, storage_failure
+from automerge.errors import AutomergeError, RecipeError
+from automerge.study_format import COMPUTE_ATTRS, FULL, Attr, Kind, StudyNotFoundError, open_storage, redact, \
+    rung_of, stored_recipe
 
 DEFAULT_RESULTS = Path("results")
-FULL = "full"
-KINDS = ("search", "baseline", "reference")
-# user_attrs holding the device seconds a trial used (summed; else the trial's wall time)
-COMPUTE_ATTRS = ("apply_seconds", "eval_seconds")
-_KNOWN_ATTRS = {"recipe", "rung", "parent", "kind", "label"}
-_RUNG_SUFFIX = re.compile(r"^:r(\d+)$")
-
-
-class StudyNotFoundError(AutomergeError):
-    """No storage or no study of that name."""
+_KNOWN_ATTRS = {Attr.RECIPE, Attr.RUNG, Attr.PARENT, Attr.KIND, Attr.LABEL}
 
 
 @dataclass(frozen=True)
@@ -194,47 +186,16 @@ def resolve_storage(study: str, storage: str | None = None,
     return f"sqlite:///{db.resolve()}", study_dir
 
 
-def open_storage(url: str):
-    """An Optuna storage for reading: RDB without table creation, or a journal file."""
-    import optuna
-
-    if "://" not in url:  # a path: a journal file, or an SQLite file
-        path = Path(url)
-        if not path.is_file():
-            raise StudyNotFoundError(f"storage file {path} does not exist; check the --storage path")
-        if path.suffix in (".db", ".sqlite", ".sqlite3"):
-            url = f"sqlite:///{path.resolve()}"
-        else:
-            from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-            return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///").split("?")[0])
-        if not path.is_file():
-            raise StudyNotFoundError(f"SQLite storage {path} does not exist; check --storage")
-    try:
-        return optuna.storages.RDBStorage(url, skip_table_creation=True)
-    except Exception as err:  # noqa: BLE001 - driver errors vary; the message names the URL
-        raise StudyNotFoundError(storage_failure(url, err)) from None
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
-
-
 def rung_studies(names: Iterable[str], study: str) -> list[tuple[str, int, str]]:
     """(label, index, optuna study name) of every rung of `study` among `names`, in rung order."""
     found: list[tuple[str, int, str]] = []
     full = None
     for name in names:
-        if name == study:
-            found.append(("0", 0, name))
-        elif name == f"{study}:{FULL}":
+        rung = rung_of(name, study)
+        if rung == FULL:
             full = name
-        elif name.startswith(study + ":"):
-            m = _RUNG_SUFFIX.match(name[len(study):])
-            if m:
-                found.append((m.group(1), int(m.group(1)), name))
+        elif rung is not None:
+            found.append((str(rung), rung, name))
     found.sort(key=lambda x: x[1])
     if full is not None:
         top = found[-1][1] + 1 if found else 0
@@ -253,7 +214,7 @@ def load_study(study: str, storage: str | None = None, results_dir: str | Path =
     if not rungs or rungs[0][1] != 0 or rungs[0][2] != study:
         known = sorted(n for n in summaries if ":" not in n)
         raise StudyNotFoundError(
-            f"storage {_redact(url)} holds no study {study!r}"
+            f"storage {redact(url)} holds no study {study!r}"
             + (f"; studies there: {', '.join(known)}" if known else " (it holds no studies)")
         )
     rows: list[dict[str, Any]] = []
@@ -319,16 +280,16 @@ def _row(t, label: str, index: int, study_name: str, objectives: list[str]) -> d
         if t.datetime_start is not None and t.datetime_complete is not None else math.nan
     parts = [float(attrs[k]) for k in COMPUTE_ATTRS if _is_number(attrs.get(k))]
     compute = sum(parts) if parts else duration
-    recipe = attrs.get("recipe")
+    recipe = attrs.get(Attr.RECIPE)
     row: dict[str, Any] = {
         "rung": label,
         "rung_index": index,
         "study_name": study_name,
         "trial": t.number,
         "state": t.state.name,
-        "kind": attrs.get("kind", "search"),
-        "label": attrs.get("label") or "",
-        "parent": int(attrs["parent"]) if _is_int(attrs.get("parent")) else None,
+        "kind": attrs.get(Attr.KIND, Kind.SEARCH.value),
+        "label": attrs.get(Attr.LABEL) or "",
+        "parent": int(attrs[Attr.PARENT]) if _is_int(attrs.get(Attr.PARENT)) else None,
         "method": _method_of(recipe),
     }
     for name, value in zip(objectives, values):
@@ -342,7 +303,7 @@ def _row(t, label: str, index: int, study_name: str, objectives: list[str]) -> d
         if key not in _KNOWN_ATTRS and not key.startswith("score:") and isinstance(value, (str, int, float, bool)):
             row[f"attr:{key}"] = value
     row["recipe"] = recipe
-    row["item_scores"] = attrs.get("item_scores") if isinstance(attrs.get("item_scores"), dict) else None
+    row["item_scores"] = attrs.get(Attr.ITEM_SCORES) if isinstance(attrs.get(Attr.ITEM_SCORES), dict) else None
     row["datetime_start"] = t.datetime_start
     row["datetime_complete"] = t.datetime_complete
     row["duration_s"] = duration
@@ -351,17 +312,12 @@ def _row(t, label: str, index: int, study_name: str, objectives: list[str]) -> d
 
 
 def _method_of(recipe: Any) -> str:
-    if not isinstance(recipe, str) or not recipe.strip():
-        return ""
-    import yaml
-
+    """The stored recipe's method ("" without a recipe, "?" for one that does not parse)."""
     try:
-        data = yaml.safe_load(recipe)
-    except yaml.YAMLError:
+        parsed = stored_recipe(recipe)
+    except RecipeError:
         return "?"
-    if isinstance(data, dict):
-        return str(data.get("method") or data.get("merge_method") or "")
-    return "?"
+    return parsed.method if parsed is not None else ""
 
 
 def _is_int(value: Any) -> bool:

@@ -7,17 +7,18 @@ multi-fidelity (MO-ASHA over rungs of nested evaluation subsets), resumable and 
     study = SearchStudy.open("demo", "sqlite:///results/demo/study.db", space)
     Worker(study, EngineRunner(space)).run()
 
-Study format: see `automerge.search.study` (module docstring). Optuna is imported only inside
-this package (and the report), never by the core.
+Study format: see `automerge.search.study` (module docstring) and `automerge.study_format` (its
+names, shared with the report). Optuna is imported only inside this package, the report and
+`automerge.study_format`, never by the core.
 """
 
 from importlib import import_module as _import_module
 
 # Imported on first use (PEP 562), so that `automerge --help` loads none of numpy, pydantic, optuna
-# and torch through this package: name -> the submodule that defines it.
+# and torch through this package: name -> the submodule that defines it (dotted: a module below search).
 _LAZY = {
     **dict.fromkeys(("epsilon_net_order", "hypervolume", "hypervolume_contributions", "mo_asha_order",
-                     "non_dominated_sort", "pareto_mask", "to_minimization"), "pareto"),
+                     "non_dominated_sort", "pareto_mask", "to_minimization"), "automerge.pareto"),
     **dict.fromkeys(("Promotion", "Result", "Scheduler"), "scheduler"),
     "SearchSpace": "space",
     "SearchStudy": "study",  # optuna
@@ -35,5 +36,6 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(_import_module(f"{__name__}.{_LAZY[name]}"), name)
+        module = _LAZY[name]
+        return getattr(_import_module(module if "." in module else f"{__name__}.{module}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
                                               "mergekit YAML) evaluated first; repeatable."),
     ) -> None:
         """Search merge recipes: multi-objective, multi-fidelity (MO-ASHA), resumable, distributed."""
-        from automerge.search.run import SearchOptions, run_search
+        from automerge.search_job import SearchOptions, run_search
 
         run_search(SearchOptions(space=space, study=study, storage=storage, timeout=timeout, trials=trials,
                                  quiet=quiet, device=device, threads=threads, results_dir=results_dir,

@@ -16,8 +16,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from automerge.search.pareto import hypervolume, non_dominated_sort, reference_point, to_minimization
+from automerge.pareto import hypervolume, non_dominated_sort, reference_point, to_minimization
 from automerge.search.scheduler import SEARCH
+from automerge.study_format import Attr, rung_name, stored_recipe
 
 
 @dataclass
@@ -72,13 +73,13 @@ def summarize(snapshot: Any, budget: int | None = None) -> Summary:
     rungs: list[RungSummary] = []
     for r in range(study.num_rungs):
         trials = snapshot.trials[r]
-        rs = RungSummary(name=("full" if r == study.num_rungs - 1 else f"r{r}"), items=space.rung_limit(r))
+        rs = RungSummary(name=rung_name(r, study.num_rungs), items=space.rung_limit(r))
         results: list[tuple[tuple[float, ...], str]] = []
         search: list[tuple[int, tuple[float, ...]]] = []
         for t in trials:
             if t.state == TrialState.COMPLETE and t.values is not None:
                 rs.complete += 1
-                kind = t.user_attrs.get("kind", SEARCH)
+                kind = t.user_attrs.get(Attr.KIND, SEARCH)
                 results.append((tuple(t.values), kind))
                 if kind == SEARCH and all(math.isfinite(v) for v in t.values):
                     search.append((t.number, tuple(t.values)))
@@ -112,31 +113,26 @@ def front_rows(snapshot: Any, rung: int | None = None) -> tuple[int, list[dict[s
     if rung is None:
         rung = 0
         for r in reversed(range(study.num_rungs)):
-            if any(t.state == TrialState.COMPLETE and t.user_attrs.get("kind", SEARCH) == SEARCH
+            if any(t.state == TrialState.COMPLETE and t.user_attrs.get(Attr.KIND, SEARCH) == SEARCH
                    for t in snapshot.trials[r]):
                 rung = r
                 break
     done = [t for t in snapshot.trials[rung] if t.state == TrialState.COMPLETE and t.values is not None]
-    search = [t for t in done if t.user_attrs.get("kind", SEARCH) == SEARCH]
+    search = [t for t in done if t.user_attrs.get(Attr.KIND, SEARCH) == SEARCH]
     on_front: set[int] = set()
     if search:
         Y = to_minimization([t.values for t in search], space.directions)
         on_front = {search[i].number for i in non_dominated_sort(Y)[0]}
     rows = []
     for t in done:
-        kind = t.user_attrs.get("kind", SEARCH)
+        kind = t.user_attrs.get(Attr.KIND, SEARCH)
         if kind == SEARCH and t.number not in on_front:
             continue
-        method = ""
-        recipe = t.user_attrs.get("recipe")
-        if recipe:
-            for line in recipe.splitlines():
-                if line.startswith("method:"):
-                    method = line.split(":", 1)[1].strip()
-                    break
-        rows.append({"number": t.number, "kind": kind, "label": t.user_attrs.get("label", ""),
+        recipe = stored_recipe(t.user_attrs)
+        method = recipe.method if recipe is not None else ""
+        rows.append({"number": t.number, "kind": kind, "label": t.user_attrs.get(Attr.LABEL, ""),
                      "method": method or ("model" if kind == "reference" else ""), "values": list(t.values),
-                     "origin": t.user_attrs.get("origin"), "on_front": t.number in on_front,
+                     "origin": t.user_attrs.get(Attr.ORIGIN), "on_front": t.number in on_front,
                      "losses": _losses(space, rung, t)})
     rows.sort(key=lambda x: (x["kind"] != SEARCH, -x["values"][0] if space.directions[0] == "maximize"
                              else x["values"][0]))
@@ -146,7 +142,7 @@ def front_rows(snapshot: Any, rung: int | None = None) -> tuple[int, list[dict[s
 def _losses(space: Any, rung: int, trial: Any) -> list[tuple[float, float] | None]:
     """Per objective: (loss in nats/token, 95 % half-width) from the trial's per-item scores,
     for objectives of log-likelihood tasks; None otherwise (or without item data)."""
-    from automerge.search.noise import items_from_attrs, objective_loss, objective_se
+    from automerge.noise import items_from_attrs, objective_loss, objective_se
 
     items = items_from_attrs(trial.user_attrs)
     out: list[tuple[float, float] | None] = []

@@ -10,7 +10,8 @@ from typing import Any, Callable, TextIO
 
 from automerge.errors import SpaceError
 from automerge.search.space import SearchSpace, parse_duration
-from automerge.search.study import SearchStudy, default_storage_url, open_storage, stored_space
+from automerge.search.study import SearchStudy, default_storage_url, stored_space
+from automerge.study_format import open_storage, redact
 
 DEMO_STUDY = "demo"
 
@@ -46,7 +47,7 @@ class SearchOptions:
     heartbeat: float = 15.0
     poll_interval: float = 2.0
     finalize: bool | None = None
-    report: bool = True  # write results/<study>/report.html at the end (automerge.report)
+    report: bool = True  # write results/<study>/report.html at the end (the CLI layer does: automerge.search_job)
     warm_start: list[Path] = field(default_factory=list)  # earlier recipes, evaluated first
 
 
@@ -56,6 +57,7 @@ class SearchOutcome:
     study_dir: Path
     stats: Any
     summary: Any
+    console: Any = None  # where the run printed (rich Console): the CLI layer prints the report line there
 
 
 def resolve(opts: SearchOptions) -> tuple[str, str, SearchSpace | None]:
@@ -93,7 +95,7 @@ def prepare(opts: SearchOptions, *, check_models: bool = True) -> tuple[SearchSt
 
         check_sources(space)  # method fisher: estimate files and data exist (before anything is written)
     else:
-        storage = open_storage(url)
+        storage = open_storage(url, read_only=False)
         try:
             stored = stored_space(storage, name)
         finally:
@@ -184,7 +186,7 @@ def run_search(
                         warm_starts=warm_start_trials(space, opts.warm_start))
         progress.worker = worker
         budget = space.budget
-        progress.log(f"study {study.name} · storage {_safe_url(study.url)} · worker {worker.me} · "
+        progress.log(f"study {study.name} · storage {redact(study.url)} · worker {worker.me} · "
                      f"budget {budget.trials if budget.trials is not None else '∞'} trials"
                      + (f", {budget.wall_time:.0f}s" if budget.wall_time else "")
                      + f" · torch threads {threads or str(_torch_threads()) + ' (default; --threads N with several workers)'}")
@@ -202,12 +204,9 @@ def run_search(
             f"study {study.name}: {summary.samples} sampled trials; "
             + ", ".join(f"{r.name}: {r.complete} done" + (f"/{r.failed} failed" if r.failed else "")
                         for r in summary.rungs))
-        progress.console.print(f"study directory: {study_dir}  (storage {_safe_url(study.url)})")
-        report_line, report_path = _write_report(study, opts)
-        progress.console.print(report_line)
-        for line in _verdict(study, opts, report_path):
-            progress.console.print(line, highlight=False)
-        return SearchOutcome(study=study, study_dir=study_dir, stats=stats, summary=summary)
+        progress.console.print(f"study directory: {study_dir}  (storage {redact(study.url)})")
+        return SearchOutcome(study=study, study_dir=study_dir, stats=stats, summary=summary,
+                             console=progress.console)
     finally:
         study.close()
 
@@ -251,34 +250,6 @@ def _prepare_fisher(study: SearchStudy, study_dir: Path, progress: Any, *, devic
     progress.log("Fisher estimates: " + ", ".join(f"{n} {p}" for n, p in files.items()))
 
 
-def _write_report(study: SearchStudy, opts: SearchOptions) -> tuple[str, str | None]:
-    """Write the HTML report if the report package can; else say how to make it.
-    Returns (the line to print, the report's path or None)."""
-    hint = f"automerge report {study.name}"
-    if not opts.report:
-        return f"report: {hint}  →  {Path(opts.results_dir) / study.name / 'report.html'}", None
-    try:
-        from automerge.report import load_study
-        from automerge.report.html import write_report
-
-        path = write_report(load_study(study.name, storage=study.url, results_dir=opts.results_dir))
-        return f"report: {path}  (again any time: {hint})", str(path)
-    except Exception as err:  # noqa: BLE001 - the search is done; the report is a convenience
-        return f"report: run `{hint}` (could not write it now: {type(err).__name__}: {err})", None
-
-
-def _verdict(study: SearchStudy, opts: SearchOptions, report_path: str | None) -> list[str]:
-    """The end-of-run verdict in words (automerge.report.errorbars.verdict_lines)."""
-    try:
-        from automerge.report import load_study
-        from automerge.report.errorbars import verdict_lines
-
-        data = load_study(study.name, storage=study.url, results_dir=opts.results_dir)
-        return ["", *verdict_lines(data, report=report_path or f"automerge report {study.name}")]
-    except Exception as err:  # noqa: BLE001 - the search is done; the verdict is a convenience
-        return [f"verdict: could not be computed ({type(err).__name__}: {err}); see automerge pareto {study.name}"]
-
-
 def status(study_name: str | None, *, storage: str | None = None, results_dir: Path = Path("results"),
            stream: TextIO | None = None) -> Any:
     from rich.console import Console
@@ -295,7 +266,7 @@ def status(study_name: str | None, *, storage: str | None = None, results_dir: P
         snap = study.snapshot()
         s = summarize(snap, study.space.budget.trials)
         console = Console(file=stream, highlight=False, width=None if stream is None else 140)
-        table = Table(title=f"study {name} ({_safe_url(url)})")
+        table = Table(title=f"study {name} ({redact(url)})")
         for col in ("rung", "items/task", "done", "running", "failed", "front", "hypervolume", "best"):
             table.add_column(col, justify="right")
         for r in s.rungs:
@@ -312,16 +283,6 @@ def status(study_name: str | None, *, storage: str | None = None, results_dir: P
         return s
     finally:
         study.close()
-
-
-def _safe_url(url: str) -> str:
-    """A storage URL without its password."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001
-        return url
 
 
 def _torch_threads() -> int:

@@ -19,7 +19,7 @@ the yardsticks every rung's front is shown against) and never take a search tria
 Noise-aware rank (``noise_z`` > 0; search spaces default to 1): the fronts of that ranking are those of
 ε-dominance — a trial dominates another only when no worse on every objective and better on
 one by more than ``noise_z`` paired standard errors, computed from the items both scored
-(`automerge.search.noise`). Trials within the noise of each other share a front, so a rung of
+(`automerge.noise`). Trials within the noise of each other share a front, so a rung of
 8 items does not order them by noise; inside a front they go by plain Pareto rank, then the
 tie-break. Results without item data (older studies) compare by their values alone.
 ``noise_z = 0`` is the plain MO-ASHA rank. The claims, and with them exactly-once promotion,
@@ -37,11 +37,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from automerge.search.noise import noisy_domination_matrix
-from automerge.search.pareto import TieBreak, mo_asha_order, non_dominated_sort, to_minimization
+from automerge.noise import noisy_domination_matrix
+from automerge.pareto import TieBreak, mo_asha_order, non_dominated_sort, to_minimization
+from automerge.study_format import Kind
 
-SEARCH, BASELINE, REFERENCE = "search", "baseline", "reference"
-KINDS = (SEARCH, BASELINE, REFERENCE)
+SEARCH, BASELINE, REFERENCE = Kind.SEARCH, Kind.BASELINE, Kind.REFERENCE  # short names (the rules below)
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Result:
     number: int  # trial number in that rung's study
     values: tuple[float, ...]
     kind: str = SEARCH
-    # per objective: `automerge.search.noise.objective_noise` of the trial (None: no item data)
+    # per objective: `automerge.noise.objective_noise` of the trial (None: no item data)
     noise: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
 

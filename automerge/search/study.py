@@ -13,7 +13,7 @@ Layout in the storage (SQLite file `results/<study>/study.db` by default, or any
   (trial number of the lineage at rung 0), ``kind`` (search | baseline | reference), ``label``,
   ``key`` (the claim item, below), ``score:<task>`` (primary metric per task), ``n:<task>``,
   ``item_scores`` ({task: per-item scores in the task's fixed item order, {metric, n, num, den}
-  with base64 float32 arrays}, see `automerge.search.noise.ItemScores`; what error bars and
+  with base64 float32 arrays}, see `automerge.noise.ItemScores`; what error bars and
   paired comparisons are computed from), ``eval_items``, ``eval_seconds``, ``apply_seconds``, ``worker``, ``promotion`` (why it was
   promoted: top | front | yardstick), ``model_path`` (reference models), ``retry_of`` (trial
   number a re-run replaces: the replaced one is FAIL with a ``stale:`` reason and has the same
@@ -25,6 +25,9 @@ Layout in the storage (SQLite file `results/<study>/study.db` by default, or any
   model) or ``p<n>`` (promotion of trial n of the rung below). ``state`` is running | done |
   failed; ``heartbeat`` (unix time) is refreshed while the work runs, so a dead worker's claims
   are found and re-run.
+
+The names in this layout (rungs, kinds, attr keys) and the storage opening live in
+`automerge.study_format`, which the report reads the study with.
 
 SQLite: every transaction is BEGIN IMMEDIATE with a long busy timeout, so several processes on
 one machine can share the file safely (Optuna's own RDB code assumes row locks SQLite lacks).
@@ -39,18 +42,17 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Iterable
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 
-from automerge.errors import SpaceError, storage_failure
-from automerge.search.noise import items_from_attrs, objective_noise
+from automerge.errors import SpaceError
+from automerge.noise import items_from_attrs, objective_noise
 from automerge.search.scheduler import SEARCH, Result
 from automerge.search.space import SearchSpace
-
-T = TypeVar("T")
+from automerge.study_format import Attr, normalize_url, open_storage, retry as _retry, rung_name, rung_study_name, \
+    sqlite_setup as _sqlite_setup
 
 CLAIMS_TABLE = "automerge_claims"
 _meta = sa.MetaData()
@@ -77,94 +79,8 @@ def default_storage_url(study: str, results_dir: str | Path = "results") -> str:
     return f"sqlite:///{path}"
 
 
-def rung_study_name(study: str, rung: int, num_rungs: int) -> str:
-    if rung == 0:
-        return study
-    if rung == num_rungs - 1:
-        return f"{study}:full"
-    return f"{study}:r{rung}"
-
-
-def rung_label(rung: int, num_rungs: int) -> str:
-    return "full" if rung == num_rungs - 1 else f"r{rung}"
-
-
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _sqlite_setup(engine: sa.engine.Engine) -> None:
-    """BEGIN IMMEDIATE for every transaction (no read-then-write upgrade deadlocks) and WAL."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, record: Any) -> None:  # noqa: ARG001
-        dbapi_connection.isolation_level = None
-        cur = dbapi_connection.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a power cut may lose the last commit only
-        cur.execute("PRAGMA busy_timeout=120000")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _retry(fn: Callable[[], T], *, what: str, tries: int = 8) -> T:
-    """Retry a storage operation that lost a race (table creation, locked database)."""
-    import optuna
-
-    for i in range(tries):
-        try:
-            return fn()
-        except (OperationalError, ProgrammingError, IntegrityError, optuna.exceptions.StorageInternalError) as err:
-            if i == tries - 1:
-                raise
-            time.sleep(0.2 * (i + 1))
-    raise AssertionError(what)
-
-
-def normalize_url(url: str) -> str:
-    """`postgresql://` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is installed."""
-    if url.startswith(("postgresql://", "postgres://")):
-        import importlib.util
-
-        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-            return "postgresql+psycopg2://" + url.split("://", 1)[1]
-        if url.startswith("postgres://"):
-            return "postgresql://" + url.split("://", 1)[1]
-    return url
-
-
-def open_storage(url: str) -> Any:
-    """Optuna RDBStorage for a URL; SQLite files get their directory and safe locking."""
-    import optuna
-
-    url = normalize_url(url)
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            try:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise SpaceError(f"cannot create the directory of SQLite storage {url}: {err.strerror}; "
-                                 "pass --storage with a writable path") from None
-        kwargs = {"connect_args": {"timeout": 120}}
-    else:
-        kwargs = {"pool_pre_ping": True}
-
-    def make() -> Any:
-        return optuna.storages.RDBStorage(url, engine_kwargs=dict(kwargs))
-
-    try:
-        storage = _retry(make, what="open storage")
-    except Exception as err:  # noqa: BLE001
-        raise SpaceError(storage_failure(url, err)) from None
-    if url.startswith("sqlite"):
-        _sqlite_setup(storage.engine)
-        storage.engine.dispose()
-    return storage
 
 
 class Claims:
@@ -324,7 +240,7 @@ class SearchStudy:
         import optuna
 
         _quiet_optuna()
-        storage = open_storage(url)
+        storage = open_storage(url, read_only=False)
         claims = Claims(url)
         try:
             return cls._open(name, url, space, storage, claims)
@@ -376,7 +292,7 @@ class SearchStudy:
                 continue
             if not all(math.isfinite(v) for v in t.values):
                 continue
-            out.append(Result(number=t.number, values=tuple(t.values), kind=t.user_attrs.get("kind", SEARCH),
+            out.append(Result(number=t.number, values=tuple(t.values), kind=t.user_attrs.get(Attr.KIND, SEARCH),
                               noise=self._noise(rung, t) if self.space.rungs.noise_z > 0 else None))
         return out
 
@@ -454,7 +370,7 @@ def _create_rung_studies(storage: Any, name: str, space: SearchSpace) -> None:
         if list(study.metric_names or []) != space.objective_names:
             study.set_metric_names(space.objective_names)
         if r == 0:
-            study.set_user_attr("rungs", [{"name": rung_label(i, R), "study": rung_study_name(name, i, R),
+            study.set_user_attr("rungs", [{"name": rung_name(i, R), "study": rung_study_name(name, i, R),
                                            "items": space.rung_limit(i)} for i in range(R)])
             study.set_user_attr("automerge_version", __version__)
             study.set_user_attr("space_fingerprint", space.fingerprint())
@@ -465,7 +381,7 @@ def delete_search(name: str, url: str) -> None:
     """Delete every rung study and the claims of a search (tests; a user starts over under a new --study)."""
     import optuna
 
-    storage = open_storage(url)
+    storage = open_storage(url, read_only=False)
     try:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
                  if s.study_name == name or s.study_name.startswith(name + ":")]

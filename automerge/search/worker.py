@@ -33,10 +33,11 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from automerge.errors import AutomergeError
-from automerge.search.noise import ITEMS_ATTR, ItemScores
+from automerge.noise import ITEMS_ATTR, ItemScores
 from automerge.search.scheduler import BASELINE, REFERENCE, SEARCH, Scheduler
 from automerge.search.study import DONE, FAILED, RUNNING, ClaimRow, SearchStudy, Snapshot, make_sampler, \
     worker_alive, worker_id
+from automerge.study_format import Attr, rung_name
 
 # ------------------------------------------------------------------------------------------ runner
 
@@ -346,7 +347,7 @@ class Worker:
                    else f"worker {c.worker} stopped heartbeating ({now - c.heartbeat:.0f}s ago)")
             if c.trial_number is None:
                 self._fail_unnamed(c, why)
-            trials = [t for t in self.study.trials(c.rung) if t.user_attrs.get("key") == c.item]
+            trials = [t for t in self.study.trials(c.rung) if t.user_attrs.get(Attr.KEY) == c.item]
             if any(t.state == TrialState.COMPLETE for t in trials):
                 # It finished but died before closing its claim: nothing to re-run.
                 self.study.claims.finish(self.study.name, c.rung, c.item, self.me, DONE, reason=why)
@@ -371,7 +372,7 @@ class Worker:
     def _work_for_item(self, c: ClaimRow, previous: Any | None) -> Work:
         retry_of = previous.number if previous is not None else None
         if c.item.startswith("p"):
-            kind = previous.user_attrs.get("kind", SEARCH) if previous is not None else None
+            kind = previous.user_attrs.get(Attr.KIND, SEARCH) if previous is not None else None
             if kind is None:
                 kind = self._parent_kind(c.rung, int(c.item[1:]))
             return Work(rung=c.rung, item=c.item, kind=kind, reason="retry", parent=int(c.item[1:]),
@@ -382,13 +383,13 @@ class Worker:
             return Work(rung=0, item=c.item, kind=REFERENCE, reason="retry", retry_of=retry_of)
         if c.item in self.warm:
             return Work(rung=0, item=c.item, kind=SEARCH, reason="retry", retry_of=retry_of)
-        replay = previous if previous is not None and "recipe" in previous.user_attrs else None
+        replay = previous if previous is not None and Attr.RECIPE in previous.user_attrs else None
         return Work(rung=0, item=c.item, kind=SEARCH, reason="retry", retry_of=retry_of, replay=replay)
 
     def _parent_kind(self, rung: int, parent: int) -> str:
         for t in self.study.trials(rung - 1):
             if t.number == parent:
-                return t.user_attrs.get("kind", SEARCH)
+                return t.user_attrs.get(Attr.KIND, SEARCH)
         return SEARCH
 
     def _fail_unnamed(self, dead: ClaimRow, why: str) -> None:
@@ -404,7 +405,7 @@ class Worker:
                     and worker_alive(x.worker) is not False and now - x.heartbeat <= self.stale_after):
                 return
         for t in self.study.trials(dead.rung, [TrialState.RUNNING]):
-            if "key" in t.user_attrs or t.datetime_start is None:
+            if Attr.KEY in t.user_attrs or t.datetime_start is None:
                 continue
             if t.datetime_start.timestamp() >= dead.created - 2.0:  # both times from the dead worker's clock
                 self._fail_trial(dead.rung, t, f"orphan: {why} after creating this trial, before naming it")
@@ -416,7 +417,7 @@ class Worker:
         horizon = datetime.now().timestamp() - self.stale_after
         for r, trials in enumerate(snap.trials):
             for t in trials:
-                if t.state != TrialState.RUNNING or "key" in t.user_attrs:
+                if t.state != TrialState.RUNNING or Attr.KEY in t.user_attrs:
                     continue
                 if t.datetime_start is not None and t.datetime_start.timestamp() < horizon:
                     self._fail_trial(r, t, "orphan: running trial with no claim (its worker died while creating it)")
@@ -428,7 +429,7 @@ class Worker:
         storage = self.study.storage
         tid = storage.get_trial_id_from_study_id_trial_number(self._study_id(rung), t.number)
         try:
-            storage.set_trial_user_attr(tid, "fail_reason", reason)
+            storage.set_trial_user_attr(tid, Attr.FAIL_REASON, reason)
             storage.set_trial_state_values(tid, TrialState.FAIL)
         except (UpdateFinishedTrialError, RuntimeError):
             pass
@@ -471,12 +472,12 @@ class Worker:
         space = self.space
         R = self.study.num_rungs
         attrs: dict[str, Any] = {
-            "rung": work.rung, "rung_name": "full" if work.rung == R - 1 else f"r{work.rung}",
-            "items": space.rung_limit(work.rung), "kind": work.kind, "key": work.item, "worker": self.me,
-            "parent": work.parent, "promotion": work.reason if work.parent is not None else None,
+            Attr.RUNG: work.rung, Attr.RUNG_NAME: rung_name(work.rung, R),
+            Attr.ITEMS: space.rung_limit(work.rung), Attr.KIND: work.kind, Attr.KEY: work.item, Attr.WORKER: self.me,
+            Attr.PARENT: work.parent, Attr.PROMOTION: work.reason if work.parent is not None else None,
         }
         if work.retry_of is not None:
-            attrs["retry_of"] = work.retry_of
+            attrs[Attr.RETRY_OF] = work.retry_of
         params: dict[str, Any] = {}
         dists: dict[str, Any] = {}
         recipe = None
@@ -492,14 +493,14 @@ class Worker:
                 self._fail_unnamed(me, f"the sampler raised {type(err).__name__}: {err}")
                 raise
             try:
-                trial.set_user_attr("key", work.item)  # first: a trial without key is an orphan
+                trial.set_user_attr(Attr.KEY, work.item)  # first: a trial without key is an orphan
                 for k, v in attrs.items():
                     trial.set_user_attr(k, v)
-                attrs["label"] = f"trial {trial.number}"
-                trial.set_user_attr("label", attrs["label"])
-                trial.set_user_attr("origin", trial.number)
+                attrs[Attr.LABEL] = f"trial {trial.number}"
+                trial.set_user_attr(Attr.LABEL, attrs[Attr.LABEL])
+                trial.set_user_attr(Attr.ORIGIN, trial.number)
                 recipe = space.suggest(trial)
-                trial.set_user_attr("recipe", recipe.to_yaml())
+                trial.set_user_attr(Attr.RECIPE, recipe.to_yaml())
             except Exception as err:
                 self._fail_trial(0, trial, f"could not build the recipe: {type(err).__name__}: {err}")
                 raise
@@ -507,31 +508,31 @@ class Worker:
         if work.parent is not None:
             src = self._source_trial(work.rung - 1, work.parent)
             params, dists = dict(src.params), dict(src.distributions)
-            attrs["label"] = src.user_attrs.get("label", f"trial {src.number}")
-            attrs["origin"] = src.user_attrs.get("origin", src.number)
-            if "recipe" in src.user_attrs:
-                attrs["recipe"] = src.user_attrs["recipe"]
-                recipe = Recipe.from_yaml(src.user_attrs["recipe"], source=f"recipe of trial {src.number}")
-            if "model_path" in src.user_attrs:
-                attrs["model_path"] = src.user_attrs["model_path"]
+            attrs[Attr.LABEL] = src.user_attrs.get(Attr.LABEL, f"trial {src.number}")
+            attrs[Attr.ORIGIN] = src.user_attrs.get(Attr.ORIGIN, src.number)
+            if Attr.RECIPE in src.user_attrs:
+                attrs[Attr.RECIPE] = src.user_attrs[Attr.RECIPE]
+                recipe = Recipe.from_yaml(src.user_attrs[Attr.RECIPE], source=f"recipe of trial {src.number}")
+            if Attr.MODEL_PATH in src.user_attrs:
+                attrs[Attr.MODEL_PATH] = src.user_attrs[Attr.MODEL_PATH]
         elif work.replay is not None:
             src = work.replay
             params, dists = dict(src.params), dict(src.distributions)
-            attrs["label"] = src.user_attrs.get("label", f"trial {src.number}")
-            attrs["recipe"] = src.user_attrs["recipe"]
-            recipe = Recipe.from_yaml(src.user_attrs["recipe"], source=f"recipe of trial {src.number}")
+            attrs[Attr.LABEL] = src.user_attrs.get(Attr.LABEL, f"trial {src.number}")
+            attrs[Attr.RECIPE] = src.user_attrs[Attr.RECIPE]
+            recipe = Recipe.from_yaml(src.user_attrs[Attr.RECIPE], source=f"recipe of trial {src.number}")
         elif work.item in self.baselines or work.item in self.warm:
             b = self.baselines.get(work.item) or self.warm[work.item]
-            attrs["label"] = b.label
+            attrs[Attr.LABEL] = b.label
             recipe = b.recipe
-            attrs["recipe"] = recipe.to_yaml()
+            attrs[Attr.RECIPE] = recipe.to_yaml()
             if b.params is not None:
                 params = dict(b.params)
                 dists = _distributions(space, b.params)
         elif work.item in self.references:
             ref = self.references[work.item]
-            attrs["label"] = ref.name
-            attrs["model_path"] = ref.path
+            attrs[Attr.LABEL] = ref.name
+            attrs[Attr.MODEL_PATH] = ref.path
         else:
             raise RuntimeError(f"unknown work item {work.item!r}")
         template = FrozenTrial(
@@ -543,7 +544,7 @@ class Worker:
         tid = storage.create_new_trial(self._study_id(work.rung), template_trial=template)
         number = storage.get_trial_number_from_id(tid)
         if work.rung == 0:
-            storage.set_trial_user_attr(tid, "origin", number)
+            storage.set_trial_user_attr(tid, Attr.ORIGIN, number)
         return number, recipe, attrs
 
     def execute(self, work: Work) -> None:
@@ -572,10 +573,10 @@ class Worker:
                 self.on_event(Event("fail", rung=work.rung, message=reason))
                 return
             claims.attach(name, work.rung, work.item, self.me, number)
-            label = attrs.get("label", "")
-            job = Job(rung=work.rung, rung_name=attrs["rung_name"], limit=self.space.rung_limit(work.rung),
+            label = attrs.get(Attr.LABEL, "")
+            job = Job(rung=work.rung, rung_name=attrs[Attr.RUNG_NAME], limit=self.space.rung_limit(work.rung),
                       tasks=self.space.rung_tasks(work.rung), kind=work.kind, label=label, recipe=recipe,
-                      model_path=attrs.get("model_path"), trial_number=number)
+                      model_path=attrs.get(Attr.MODEL_PATH), trial_number=number)
             self.on_event(Event("start", rung=work.rung, number=number,
                                 message=f"{attrs['rung_name']} #{number} {work.kind} {label}",
                                 data={"reason": work.reason}))
@@ -605,14 +606,14 @@ class Worker:
             tid = storage.get_trial_id_from_study_id_trial_number(self._study_id(work.rung), number)
             if result is not None:
                 for task, score in result.scores.items():
-                    storage.set_trial_user_attr(tid, f"score:{task}", _jsonable(score))
+                    storage.set_trial_user_attr(tid, Attr.SCORE + task, _jsonable(score))
                 for task, n in result.counts.items():
-                    storage.set_trial_user_attr(tid, f"n:{task}", int(n))
+                    storage.set_trial_user_attr(tid, Attr.N + task, int(n))
                 if result.items:
                     storage.set_trial_user_attr(tid, ITEMS_ATTR, {t: it.encode() for t, it in result.items.items()})
-                storage.set_trial_user_attr(tid, "eval_items", int(sum(result.counts.values())))
-                storage.set_trial_user_attr(tid, "eval_seconds", round(result.eval_seconds or elapsed, 4))
-                storage.set_trial_user_attr(tid, "apply_seconds", round(result.apply_seconds, 4))
+                storage.set_trial_user_attr(tid, Attr.EVAL_ITEMS, int(sum(result.counts.values())))
+                storage.set_trial_user_attr(tid, Attr.EVAL_SECONDS, round(result.eval_seconds or elapsed, 4))
+                storage.set_trial_user_attr(tid, Attr.APPLY_SECONDS, round(result.apply_seconds, 4))
                 if failure is None:
                     missing = [t for t in job.tasks if t not in result.scores]
                     if missing:
@@ -624,7 +625,7 @@ class Worker:
                             values = None
             try:
                 if failure is not None:
-                    storage.set_trial_user_attr(tid, "fail_reason", failure[:2000])
+                    storage.set_trial_user_attr(tid, Attr.FAIL_REASON, failure[:2000])
                     study.tell(number, state=TrialState.FAIL)
                     claims.finish(name, work.rung, work.item, self.me, FAILED, reason=failure[:2000])
                     self.stats.failed += 1
@@ -665,7 +666,7 @@ class Worker:
         try:
             if number is not None:
                 tid = self.study.storage.get_trial_id_from_study_id_trial_number(self._study_id(work.rung), number)
-                self.study.storage.set_trial_user_attr(tid, "fail_reason", "interrupted; re-run on resume")
+                self.study.storage.set_trial_user_attr(tid, Attr.FAIL_REASON, "interrupted; re-run on resume")
                 self.study.studies[work.rung].tell(number, state=TrialState.FAIL)
             self.study.claims.release(self.study.name, work.rung, work.item, self.me, "interrupted")
         except Exception:  # noqa: BLE001
@@ -674,7 +675,7 @@ class Worker:
 
 def _shown(space: Any, rung: int, values: Sequence[float], items: Mapping[str, ItemScores]) -> str:
     """Objective values for the log: a loss in nats/token where the items allow, else the value."""
-    from automerge.search.noise import objective_loss
+    from automerge.noise import objective_loss
 
     out = []
     for o, v in zip(space.objectives, values):

@@ -40,7 +40,7 @@ def test_run_all_proxies(evaluator, tiny):
 def test_per_item_scores_reproduce_the_task_score_and_nest(evaluator, tiny):
     """item_num / item_den (what error bars come from) pool back to the score, and a smaller
     limit gives the first items of a larger one (paired comparisons across rungs)."""
-    from automerge.search.noise import ItemScores
+    from automerge.noise import ItemScores
 
     model, _ = tiny
     big = evaluator.run(model, list(PROXY_TASKS), limit=4)

@@ -20,7 +20,7 @@ from automerge.report import load_study  # noqa: E402
 from automerge.report.errorbars import (Comparison, _sentence, best_baseline, compare, rung_sizes,  # noqa: E402
                                         verdict_lines)
 from automerge.report.pareto_table import front, pareto_table  # noqa: E402
-from automerge.search.noise import Difference  # noqa: E402
+from automerge.noise import Difference  # noqa: E402
 from automerge.search.study import SearchStudy  # noqa: E402
 from automerge.search.worker import Worker  # noqa: E402
 

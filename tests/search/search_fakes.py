@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from automerge.search.noise import ItemScores
+from automerge.noise import ItemScores
 from automerge.search.worker import Evaluation, Job
 
 

@@ -17,7 +17,7 @@ from automerge.search.study import SearchStudy
 
 
 def test_search_end_to_end_on_the_test_zoo(test_zoo, tmp_path, capsys):
-    from automerge.search.run import SearchOptions, run_search
+    from automerge.search_job import SearchOptions, run_search
 
     space = zoo_space(test_zoo, tmp_path / "space.yaml")
     results = tmp_path / "results"

@@ -1,4 +1,4 @@
-"""Error bars (automerge.search.noise): CIs cover the truth at their stated rate, "dominates" is
+"""Error bars (automerge.noise): CIs cover the truth at their stated rate, "dominates" is
 refused inside the noise, item-level scores survive storage, resume and PostgreSQL, and the
 scheduler's noise-aware rank does not order trials by noise."""
 
@@ -12,7 +12,7 @@ from search_fakes import FakeRunner, fake_items
 from search_helpers import check_invariants, make_space, unique_name
 from optuna.trial import TrialState
 
-from automerge.search.noise import (Difference, ItemScores, expanded_alpha, items_from_attrs, noisy_domination_matrix,
+from automerge.noise import (Difference, ItemScores, expanded_alpha, items_from_attrs, noisy_domination_matrix,
                                     objective_noise, paired_difference, t_quantile, verdict)
 from automerge.search.scheduler import Result, Scheduler
 from automerge.search.study import SearchStudy
@@ -197,7 +197,7 @@ def test_item_scores_survive_resume_and_work_on_postgresql(tmp_path, backend, re
 
 
 def test_objective_loss_is_nats_per_token_for_log_likelihood_tasks_only():
-    from automerge.search.noise import objective_loss
+    from automerge.noise import objective_loss
 
     ll = ItemScores(metric="token_prob", num=[-20.0, -10.0], den=[10.0, 5.0])  # 2 nats/token
     mc = ItemScores(metric="acc", num=[1.0, 0.0], den=[1.0, 1.0])

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from automerge.search.pareto import (
+from automerge.pareto import (
     epsilon_net_order,
     greedy_hypervolume_order,
     hypervolume,
@@ -99,7 +99,7 @@ def test_mo_asha_order_is_fronts_first_and_deterministic(tie_break):
 
 
 def test_fast_2d_greedy_matches_the_general_greedy():
-    from automerge.search import pareto
+    from automerge import pareto
 
     rng = np.random.default_rng(3)
     a = np.sort(rng.random(25))

@@ -53,7 +53,8 @@ def test_progress_logs_one_line_per_finished_trial(sqlite_url, tmp_path):
 
 
 def test_run_search_and_status(tmp_path, capsys):
-    from automerge.search.run import SearchOptions, run_search, status
+    from automerge.search.run import status
+    from automerge.search_job import SearchOptions, run_search
 
     space = write_space(tmp_path / "myspace.yaml", budget={"trials": 6})
     results = tmp_path / "results"

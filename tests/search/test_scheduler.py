@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from automerge.search.pareto import non_dominated_sort, to_minimization
+from automerge.pareto import non_dominated_sort, to_minimization
 from automerge.search.scheduler import BASELINE, REFERENCE, SEARCH, Result, Scheduler
 
 MAX2 = ["maximize", "maximize"]

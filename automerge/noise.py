@@ -52,7 +52,9 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-ITEMS_ATTR = "item_scores"  # trial user attr: {task: `ItemScores.encode()`} (one write per trial)
+from automerge.study_format import Attr
+
+ITEMS_ATTR = Attr.ITEM_SCORES  # trial user attr: {task: `ItemScores.encode()`} (one write per trial)
 LL_METRICS = ("token_prob", "ll_per_token")  # pooled log-likelihood: units are nats/token
 Scale = Literal["score", "units"]
 DEFAULT_RESAMPLES = 2000

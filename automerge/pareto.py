@@ -57,7 +57,7 @@ def non_dominated_sort(Y: np.ndarray, D: np.ndarray | None = None) -> list[np.nd
 
     Duplicated points share a front. Rows holding NaN are not allowed (filter them first).
     ``D``: another domination relation to peel by (D[i, j] = row i dominates row j), e.g.
-    `automerge.search.noise.noisy_domination_matrix`; it must be a sub-relation of Pareto
+    `automerge.noise.noisy_domination_matrix`; it must be a sub-relation of Pareto
     dominance (hence acyclic).
     """
     Y = np.asarray(Y, dtype=float)
