@@ -89,6 +89,46 @@ def dare_masks_from_global_rng() -> bool:
     return not torch.equal(mk[0], mk[1])
 
 
+def compute_dtype() -> bool:
+    """fp16 inputs: we merge in fp32 and round once; mergekit computes in fp16 (the config's dtype)."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(64, 64, generator=g).half()
+    xs = [(base.float() + 0.05 * torch.randn(64, 64, generator=g)).half() for _ in range(3)]
+    weights = [0.3, 0.45, 0.25]
+    ref = mergekit_merge("task_arithmetic", base, xs, {"weight": weights, "lambda": 1.0})   # in fp16
+    deltas = torch.stack([x.float() - base.float() for x in xs])
+    got = ours("task_arithmetic", base.float(), deltas, {"lambda": 1.0}, [{"weight": w} for w in weights])
+    return not torch.equal(got.half(), ref.half())
+
+
+def multislerp_vanishing_mean() -> bool:
+    """Three task vectors whose weighted mean direction vanishes: we give the weighted sum,
+    mergekit raises (it falls back only for two)."""
+    base = torch.zeros(3)
+    d = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    got = ours("multislerp", base, d, {}, [{"weight": 1.0}] * 3)
+    try:
+        ref = mergekit_merge("multislerp", base, [base + x for x in d], {"weight": [1.0] * 3})
+    except Exception:
+        return True
+    return rel_err(got, ref, base) > TOL or not torch.isfinite(ref).all()
+
+
+def arcee_fusion_large_tensor() -> bool:
+    """Above 10⁶ entries mergekit estimates the importance quantile from a random sample: two of its
+    runs disagree (ours is exact, the same every run)."""
+    g = torch.Generator().manual_seed(9)
+    base = torch.randn(1100, 1000, generator=g)
+    x = base + 0.1 * torch.randn(1100, 1000, generator=g)
+    torch.manual_seed(0)
+    a = mergekit_merge("arcee_fusion", base, [x], {})
+    torch.manual_seed(1)
+    b = mergekit_merge("arcee_fusion", base, [x], {})
+    mine = [ours("arcee_fusion", base, (x - base)[None], {}, [{}]) for _ in range(2)]
+    assert torch.equal(mine[0], mine[1])
+    return not (torch.equal(a, b) and torch.equal(a, mine[0]))
+
+
 @dataclass(frozen=True)
 class Case:
     bullet: str  # regex that finds the case's bullet in the list
@@ -102,6 +142,15 @@ CASES = {
     "breadcrumbs-gamma-n-0": Case(r"[Bb]readcrumbs", r"breadcrumbs with int\(γ·n\) = 0 drops no outliers",
                                   breadcrumbs_no_outliers),
     "dare-della-masks": Case(r"\*\*DARE/DELLA masks\*\*", r"(?!)", dare_masks_from_global_rng),
+    "compute-dtype": Case(r"\*\*Compute dtype\*\*", r"(?!)", compute_dtype),
+    "multislerp-vanishing-mean": Case(r"\*\*Multi-SLERP\*\*", r"(?!)", multislerp_vanishing_mean),
+    "arcee-fusion-quantiles": Case(r"\*\*Arcee Fusion\*\*", r"(?!)", arcee_fusion_large_tensor),
+}
+
+# A bullet about what is imported rather than computed: the test that shows it, by name.
+CHECKED_ELSEWHERE = {
+    r"\*\*mergekit import\*\*": ("tests/test_mergekit_import.py",
+                                  "test_a_filter_finer_than_a_layer_group_is_refused_naming_both_tensors"),
 }
 
 
@@ -121,5 +170,9 @@ def test_every_bullet_is_checked():
     _, bullets = section()
     items = re.findall(r"^- \*\*(.+?)\*\*", bullets, re.M)
     assert items
+    root = README.parent
+    for pattern, (path, test) in CHECKED_ELSEWHERE.items():
+        assert re.search(rf"^def {test}\(", (root / path).read_text(encoding="utf-8"), re.M), (path, test)
     for item in items:
-        assert any(re.search(c.bullet, f"**{item}**") for c in CASES.values()), f"bullet {item!r} has no case here"
+        assert any(re.search(c.bullet, f"**{item}**") for c in CASES.values()) or any(
+            re.search(p, f"**{item}**") for p in CHECKED_ELSEWHERE), f"bullet {item!r} has no case here"

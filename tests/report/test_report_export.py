@@ -4,6 +4,7 @@ study's stored full-evaluation scores, and mergekit reproduces the model's weigh
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -112,10 +113,35 @@ def _assert_same_weights(ours: dict, theirs: dict) -> None:
         assert float((a - b).abs().max() / scale) <= 1e-5, name
 
 
+def _tied_at_threshold(recipe, name: str, grouping) -> torch.Tensor | None:
+    """Entries where automerge's documented TIES tie rule may differ from mergekit: some model's
+    |task vector| equals its magnitude threshold (the k-th largest, k = max(1, int(density·n)))."""
+    if recipe.method not in ("ties", "dare_ties", "breadcrumbs_ties", "della"):
+        return None
+    _, per_model = recipe.resolve(name, grouping)
+    base = _tensors(Path(recipe.base))[name].float()
+    mask = torch.zeros_like(base, dtype=torch.bool)
+    for model, params in zip(recipe.models, per_model):
+        d = (_tensors(Path(model.path))[name].float() - base).abs().flatten()
+        k = max(1, int(float(params.get("density", 1.0)) * d.numel()))
+        threshold = d.sort(descending=True).values[k - 1]
+        mask |= (d == threshold).view_as(base)
+    return mask
+
+
 def test_mergekit_reproduces_the_exported_weights(knee_export, tmp_path):
+    """Exact, except where the documented TIES tie rule applies (the test zoo is fp16, so a
+    threshold can be tied): there the two tools may differ, and nowhere else."""
     ours = _tensors(knee_export / "knee-model")
     theirs = _mergekit_run(knee_export / "knee.mergekit.yml", tmp_path / "mk")
-    _assert_same_weights(ours, theirs)
+    recipe = Recipe.load(knee_export / "knee.yaml")
+    grouping = recipe.grouping(sum(1 for n in ours if n.endswith("self_attn.q_proj.weight")))
+    for name, t in theirs.items():
+        tied = _tied_at_threshold(recipe, name, grouping)
+        a, b = ours[name].float(), t.float()
+        if tied is not None:
+            a, b = a[~tied], b[~tied]
+        _assert_same_weights({name: a}, {name: b})
 
 
 def _per_group_ties(data):
