@@ -7,13 +7,17 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 from entry_point import automerge_cmd, cli_env
 from search_helpers import check_invariants, zoo_space
 from optuna.trial import TrialState
 
 from automerge.search.study import SearchStudy
+
+HERE = Path(__file__).resolve().parent
 
 
 def test_search_end_to_end_on_the_test_zoo(test_zoo, tmp_path, capsys):
