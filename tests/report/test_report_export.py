@@ -113,19 +113,19 @@ def _assert_same_weights(ours: dict, theirs: dict) -> None:
         assert float((a - b).abs().max() / scale) <= 1e-5, name
 
 
-def _tied_at_threshold(recipe, name: str, grouping) -> torch.Tensor | None:
+def _tied_at_threshold(recipe, name: str, grouping, base: dict, models: list[dict]) -> torch.Tensor | None:
     """Entries where automerge's documented TIES tie rule may differ from mergekit: some model's
     |task vector| equals its magnitude threshold (the k-th largest, k = max(1, int(density·n)))."""
     if recipe.method not in ("ties", "dare_ties", "breadcrumbs_ties", "della"):
         return None
     _, per_model = recipe.resolve(name, grouping)
-    base = _tensors(Path(recipe.base))[name].float()
-    mask = torch.zeros_like(base, dtype=torch.bool)
-    for model, params in zip(recipe.models, per_model):
-        d = (_tensors(Path(model.path))[name].float() - base).abs().flatten()
+    b = base[name].float()
+    mask = torch.zeros_like(b, dtype=torch.bool)
+    for weights, params in zip(models, per_model):
+        d = (weights[name].float() - b).abs().flatten()
         k = max(1, int(float(params.get("density", 1.0)) * d.numel()))
         threshold = d.sort(descending=True).values[k - 1]
-        mask |= (d == threshold).view_as(base)
+        mask |= (d == threshold).view_as(b)
     return mask
 
 
@@ -136,8 +136,10 @@ def test_mergekit_reproduces_the_exported_weights(knee_export, tmp_path):
     theirs = _mergekit_run(knee_export / "knee.mergekit.yml", tmp_path / "mk")
     recipe = Recipe.load(knee_export / "knee.yaml")
     grouping = recipe.grouping(sum(1 for n in ours if n.endswith("self_attn.q_proj.weight")))
+    base = _tensors(Path(recipe.base))                      # each checkpoint read once
+    models = [_tensors(Path(m.path)) for m in recipe.models]
     for name, t in theirs.items():
-        tied = _tied_at_threshold(recipe, name, grouping)
+        tied = _tied_at_threshold(recipe, name, grouping, base, models)
         a, b = ours[name].float(), t.float()
         if tied is not None:
             a, b = a[~tied], b[~tied]
