@@ -97,7 +97,8 @@ def test_cli_kill_9_then_resume(test_zoo, tmp_path):
 
 def test_demo_space_samples_its_whole_budget_on_the_test_zoo(test_zoo, tmp_path):
     """The shipped demo space, pointed at the test-size zoo with a test-size trial budget: it
-    validates, searches 11–13 dimensions per trial, and samples every trial of its budget (the
+    validates, searches 11–13 dimensions in its per-group methods (3 in task arithmetic: the method
+    and one scale per specialist), and samples every trial of its budget (the
     wall-time limit does not cut it)."""
     from automerge.search.run import SearchOptions, run_search
     from automerge.search.space import SearchSpace
@@ -120,7 +121,7 @@ def test_demo_space_samples_its_whole_budget_on_the_test_zoo(test_zoo, tmp_path)
         searched = [t for t in study.trials(0, [TrialState.COMPLETE]) if t.user_attrs["kind"] == "search"]
         assert len(searched) == 10
         dims = {len(t.params) for t in searched}
-        assert min(dims) >= 11 and max(dims) <= 13, dims
+        assert min(dims) == 3 and max(dims) >= 11 and max(dims) <= 13, dims
         assert study.trials(2, [TrialState.COMPLETE])          # the front reached the full evaluation
     finally:
         study.close()
