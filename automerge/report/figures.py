@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, replace
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -31,11 +32,12 @@ from automerge.report.study_reader import StudyData
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 DOMINATED = "#b0b0b0"
-BASELINE_MARKERS = ["square", "diamond", "triangle-up", "triangle-down", "plus", "x", "hexagon"]
 DEFAULT_SIZE = (1000, 750)  # pixels of a single-panel PNG
-STYLES = ("markers", "lines+markers", "step-post", "step-mid", "hbar")  # every line marks its points
-MARKERS = ("circle", "ring", "star", *BASELINE_MARKERS)
-LABEL_POSITIONS = ("top right", "bottom right", "top left", "right")
+Style = Literal["markers", "lines+markers", "step-post", "step-mid", "hbar"]  # every line marks its points
+Marker = Literal["circle", "ring", "star", "square", "diamond", "triangle-up", "triangle-down", "plus", "x", "hexagon"]
+LabelPosition = Literal["top right", "bottom right", "top left", "right"]
+STYLES, MARKERS, LABEL_POSITIONS = get_args(Style), get_args(Marker), get_args(LabelPosition)
+BASELINE_MARKERS = MARKERS[3:]
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,14 @@ class Series:
     name: str
     x: tuple[float, ...]
     y: tuple[float, ...]
-    style: str = "markers"  # one of STYLES; "hbar": bars of length x at positions y
+    style: Style = "markers"  # "hbar": bars of length x at positions y
     color: str = COLORS[0]
-    marker: str = "circle"  # one of MARKERS; "ring": a hollow circle in `color`
+    marker: Marker = "circle"  # "ring": a hollow circle in `color`
     size: float = 7.0  # marker diameter in pixels; "hbar": the bar's thickness in y units
     edge: str | None = None  # marker outline colour
     opacity: float = 1.0
     labels: tuple[str, ...] = ()
-    label_position: str = "top right"  # one of LABEL_POSITIONS
+    label_position: LabelPosition = "top right"
     hover: tuple[str, ...] = ()
     legend: bool = True  # False: drawn, not listed (the same series already is, in another panel)
     group: str = ""  # series of several panels that toggle together in the HTML

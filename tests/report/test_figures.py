@@ -121,6 +121,13 @@ def test_an_empty_panel_says_why(data):
     assert [a.text for a in interactive.to_plotly(fig).layout.annotations] == ["nothing here"]
 
 
+def test_both_backends_know_every_marker_and_label_position():
+    for backend in (plots, interactive):
+        assert set(backend.MARKERS) == set(figures.MARKERS), backend.__name__
+    assert set(plots.LABEL_OFFSETS) == set(interactive.TEXT_POSITIONS) == set(figures.LABEL_POSITIONS)
+    assert set(interactive.LINE_SHAPES) == set(figures.STYLES) - {"markers", "hbar"}
+
+
 @pytest.mark.parametrize("kwargs, culprit", [
     (dict(x=(1.0, 2.0), y=(1.0,)), "2 x values but 1 y values"),
     (dict(x=(1.0,), y=(1.0,), labels=("a", "b")), "2 labels for 1 points"),
