@@ -51,61 +51,71 @@ def pareto_command(
 
 
 def _print_table(data, label, table, specs) -> None:
-    import pandas as pd
+    """The Pareto table on the terminal: front trials, then (dimmed) baselines and references."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console(soft_wrap=False)
     if not console.is_terminal:
         console = Console(width=220, soft_wrap=False)  # piped / captured: do not squeeze to 80 columns
-    n_done = len(data.rung(label))
     n_front = int(table["on_front"].sum())
-    title = f"{data.name} · rung {label} · {n_done} completed trials · front of {n_front} (then baselines, references)"
-    t = Table(title=title, header_style="bold")
+    t = Table(title=f"{data.name} · rung {label} · {len(data.rung(label))} completed trials · front of {n_front} "
+                    "(then baselines, references)", header_style="bold")
     unit_cols = {o: next((c for c in table.columns if c.startswith(f"{o} [")), None) for o in data.objectives}
     vs_cols = [c for c in table.columns if c.startswith("vs:")][:1]  # the best baseline; all in --csv / report
-    cols = ["trial", "kind", "label", "method", "params", *data.objectives,
-            *[f"retention:{s.name}" for s in specs], "dominates", *vs_cols]
-    for c in cols:
-        header = {"params": "key parameters", "dominates": "dominates / dominated by (beyond the noise)"}.get(c, c)
-        header = header.replace("retention:", "ret. vs ")
-        if c in vs_cols:
-            header = f"vs {c[3:]} (best baseline): gain ±95% CI"
-        if c in data.objectives and unit_cols[c] and "[score]" not in unit_cols[c]:
-            unit = unit_cols[c][len(c) + 2:-1]
-            header = f"{c} ({'loss, nats/tok' if unit == 'nats/token' else unit}) ±95%"  # no [..]: rich markup
+    for c in ["trial", "kind", "label", "method", "params", *data.objectives,
+              *[f"retention:{s.name}" for s in specs], "dominates", *vs_cols]:
         numeric = c in data.objectives or c.startswith("retention:")
-        t.add_column(header, justify="right" if numeric else "left", overflow="fold",
+        t.add_column(_column_header(c, data.objectives, unit_cols, vs_cols), justify="right" if numeric else "left",
+                     overflow="fold",
                      max_width=70 if c == "params" else (40 if c == "dominates" or c in vs_cols else None))
     prev_front = True
     for _, r in table.iterrows():
         if prev_front and not r["on_front"]:
             t.add_section()
         prev_front = bool(r["on_front"])
-        cells = [f"#{r['trial']}", r["kind"] + (" ★" if r["on_front"] else ""), r["label"] or "", r["method"] or "",
-                 r["params"]]
-        for o in data.objectives:
-            col = unit_cols[o]
-            if col and "[score]" not in col and not pd.isna(r[col]):
-                err = r[f"±{o}"]
-                cells.append(f"{r[col]:.4f}" + ("" if pd.isna(err) else f" ± {err:.3f}"))
-            else:
-                cells.append(f"{r[o]:#.4g}")
-        for s in specs:
-            v = r[f"retention:{s.name}"]
-            cells.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%")
-        if r["on_front"]:
-            cells.append(r["dominates"])
-        else:
-            cells.append(f"by {r['dominated_by']}" if r["dominated_by"] else "not dominated by the front")
-        cells += ["" if pd.isna(r[c]) else r[c] for c in vs_cols]
-        t.add_row(*[str(c) for c in cells], style=None if r["on_front"] else "dim")
+        t.add_row(*_row_cells(r, data.objectives, unit_cols, specs, vs_cols), style=None if r["on_front"] else "dim")
     console.print(t)
     if specs:
         console.print("★ on the Pareto front of the rung's search trials. retention = score on the specialist's own "
                       "domain ÷ the specialist's score there: "
                       + "; ".join(f"{s.name} → {s.objective} = {s.value:.4g} ({s.label}, trial #{s.trial})"
                                   for s in specs))
+
+
+def _column_header(c: str, objectives: list[str], unit_cols: dict, vs_cols: list[str]) -> str:
+    """A column's terminal header: objectives with their display unit, "ret. vs S", "vs B"."""
+    if c in vs_cols:
+        return f"vs {c[3:]} (best baseline): gain ±95% CI"
+    if c in objectives and unit_cols[c] and "[score]" not in unit_cols[c]:
+        unit = unit_cols[c][len(c) + 2:-1]
+        return f"{c} ({'loss, nats/tok' if unit == 'nats/token' else unit}) ±95%"  # no [..]: rich markup
+    header = {"params": "key parameters", "dominates": "dominates / dominated by (beyond the noise)"}.get(c, c)
+    return header.replace("retention:", "ret. vs ")
+
+
+def _row_cells(r, objectives: list[str], unit_cols: dict, specs, vs_cols: list[str]) -> list[str]:
+    """One table row as text: objectives in display units ± 95 %, retention in %, domination."""
+    import pandas as pd
+
+    cells = [f"#{r['trial']}", r["kind"] + (" ★" if r["on_front"] else ""), r["label"] or "", r["method"] or "",
+             r["params"]]
+    for o in objectives:
+        col = unit_cols[o]
+        if col and "[score]" not in col and not pd.isna(r[col]):
+            err = r[f"±{o}"]
+            cells.append(f"{r[col]:.4f}" + ("" if pd.isna(err) else f" ± {err:.3f}"))
+        else:
+            cells.append(f"{r[o]:#.4g}")
+    for s in specs:
+        v = r[f"retention:{s.name}"]
+        cells.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%")
+    if r["on_front"]:
+        cells.append(r["dominates"])
+    else:
+        cells.append(f"by {r['dominated_by']}" if r["dominated_by"] else "not dominated by the front")
+    cells += ["" if pd.isna(r[c]) else r[c] for c in vs_cols]
+    return [str(c) for c in cells]
 
 
 def report_command(

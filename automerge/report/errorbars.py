@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -299,72 +299,88 @@ def verdict_lines(data: StudyData, rung: str | None = None, *, report: str | Non
     """The end-of-run verdict: the knee trial, what it gains or loses against the best baseline
     and each specialist, whether any merge beat the data-mix (reference) model, and where the
     report is. 95 % CIs, paired over the items both trials scored."""
-    from automerge.report.pareto_table import front, pick, summarize_recipe
+    from automerge.report.pareto_table import front, pick
 
     label = data.rung_label(rung)
     fr = front(data, label)
     if fr.empty:
         return [f"No search trial finished at rung {label}; nothing to conclude yet."]
     knee = pick(data, "knee", label)
+    sticks = yardsticks(data, label)
+    lines = _knee_lines(data, knee, label)
+    lines += _yardstick_lines(data, knee, sticks, label)
+    best = next((r for role, r in sticks if role == "best baseline"), None)
+    if best is not None:
+        lines.append(_front_vs_best_line(data, fr, best, label))
+    lines += [_front_vs_reference_line(data, fr, knee, ref, label) for role, ref in sticks if role == "reference"]
+    lines += _rung_sizes_line(data)
+    if report:
+        lines.append(f"- report: {report}")
+    return lines
+
+
+def _knee_lines(data: StudyData, knee: pd.Series, label: str) -> list[str]:
+    """The verdict's heading (items per task, whether ± are CIs) and the knee's own values."""
+    from automerge.report.pareto_table import summarize_recipe
+
     items = knee.get("attr:items") if "attr:items" in knee.index else None
     n_txt = f"{int(items)} items per task" if isinstance(items, numbers.Real) and not pd.isna(items) else "all items"
-    has_items = bool(row_items(knee))
-    lines = [f"Verdict at rung {label} ({n_txt}; "
-             + ("± = 95 % CI, paired over the same items):" if has_items else
-                "this study stored no per-item scores, so these are point values without error bars):")]
+    head = (f"Verdict at rung {label} ({n_txt}; "
+            + ("± = 95 % CI, paired over the same items):" if row_items(knee) else
+               "this study stored no per-item scores, so these are point values without error bars):"))
     vals = []
     for obj in data.objectives:
         v, se, unit = display_value(data, knee, obj, label)
         vals.append(f"{obj} {'loss ' if unit == 'nats/token' else ''}{_fmt_value(v, se, unit)}")
-    lines.append(f"- knee: trial #{int(knee['trial'])} ({_label(knee)}, {knee['method']}: "
-                 f"{summarize_recipe(knee['recipe'])}) — " + ", ".join(vals) + ".")
-    sticks = yardsticks(data, label)
+    return [head, f"- knee: trial #{int(knee['trial'])} ({_label(knee)}, {knee['method']}: "
+                  f"{summarize_recipe(knee['recipe'])}) — " + ", ".join(vals) + "."]
+
+
+def _yardstick_lines(data: StudyData, knee: pd.Series, sticks: list[tuple[str, pd.Series]], label: str) -> list[str]:
+    """The knee against the best baseline and each specialist, objective by objective."""
     if not sticks:
-        lines.append("- no baselines at this rung to compare with.")
-    for role, row in sticks:
-        if role == "reference":
-            continue
-        c = compare(data, knee, row, label, role=role)
-        lines.append(f"- vs {_label(row)} ({role}): {_sentence(c)}.")
-    # does any front merge beat the best baseline / the references beyond the noise?
-    best = next((r for role, r in sticks if role == "best baseline"), None)
-    if best is not None:
-        cs = [compare(data, r, best, label) for _, r in fr.iterrows()]
-        wins = [f"#{int(r['trial'])}" for (_, r), c in zip(fr.iterrows(), cs) if c.verdict == "dominates"]
-        if all(c.verdict == "indistinguishable" for c in cs) and cs[0].with_ci:
-            lines.append(f"- no merge on the front is distinguishable from {_label(best)}.")
-        elif wins:
-            lines.append(f"- front trials that beat {_label(best)} beyond the noise: {', '.join(wins)}.")
-        else:
-            lines.append(f"- no front trial beats {_label(best)} on one objective without losing on another"
-                         + (" beyond the noise." if cs[0].with_ci else "."))
-    for role, ref in sticks:
-        if role != "reference":
-            continue
-        cs = [(r, compare(data, r, ref, label)) for _, r in fr.iterrows()]
-        better = [(r, c) for r, c in cs if any(d.low > 0 for d in c.diffs.values()) and c.with_ci]
-        wins = [f"#{int(r['trial'])}" for r, c in cs if c.verdict == "dominates"]
-        if wins:
-            lines.append(f"- merges that beat the {_label(ref)} model (reference) on every objective it can be "
-                         f"told apart: {', '.join(wins)}.")
-        elif better:
-            objs = sorted({o for _, c in better for o, d in c.diffs.items() if d.low > 0})
-            lines.append(f"- no merge beats the {_label(ref)} model (reference) overall; some beat it on "
-                         f"{', '.join(objs)} only.")
-        else:
-            c = compare(data, knee, ref, label)
-            lines.append(f"- no merge beats the {_label(ref)} model (reference) on any objective; the knee vs it: "
-                         f"{_sentence(c)}.")
+        return ["- no baselines at this rung to compare with."]
+    return [f"- vs {_label(row)} ({role}): {_sentence(compare(data, knee, row, label, role=role))}."
+            for role, row in sticks if role != "reference"]
+
+
+def _front_vs_best_line(data: StudyData, fr: pd.DataFrame, best: pd.Series, label: str) -> str:
+    """Does any front merge beat the best baseline beyond the noise?"""
+    cs = [compare(data, r, best, label) for _, r in fr.iterrows()]
+    wins = [f"#{int(r['trial'])}" for (_, r), c in zip(fr.iterrows(), cs) if c.verdict == "dominates"]
+    if all(c.verdict == "indistinguishable" for c in cs) and cs[0].with_ci:
+        return f"- no merge on the front is distinguishable from {_label(best)}."
+    if wins:
+        return f"- front trials that beat {_label(best)} beyond the noise: {', '.join(wins)}."
+    return (f"- no front trial beats {_label(best)} on one objective without losing on another"
+            + (" beyond the noise." if cs[0].with_ci else "."))
+
+
+def _front_vs_reference_line(data: StudyData, fr: pd.DataFrame, knee: pd.Series, ref: pd.Series, label: str) -> str:
+    """Does any front merge beat a reference (data-mix) model, overall or on some objectives?"""
+    cs = [(r, compare(data, r, ref, label)) for _, r in fr.iterrows()]
+    better = [(r, c) for r, c in cs if any(d.low > 0 for d in c.diffs.values()) and c.with_ci]
+    wins = [f"#{int(r['trial'])}" for r, c in cs if c.verdict == "dominates"]
+    if wins:
+        return (f"- merges that beat the {_label(ref)} model (reference) on every objective it can be "
+                f"told apart: {', '.join(wins)}.")
+    if better:
+        objs = sorted({o for _, c in better for o, d in c.diffs.items() if d.low > 0})
+        return f"- no merge beats the {_label(ref)} model (reference) overall; some beat it on {', '.join(objs)} only."
+    return (f"- no merge beats the {_label(ref)} model (reference) on any objective; the knee vs it: "
+            f"{_sentence(compare(data, knee, ref, label))}.")
+
+
+def _rung_sizes_line(data: StudyData) -> list[str]:
+    """What each rung can tell apart (`rung_sizes`), in one line; none without item data."""
     sizes = rung_sizes(data)
-    if not sizes.empty:
-        parts = []
-        for rl, g in sizes.groupby("rung", sort=False):
-            unit = " nats/token" if set(g["unit"]) == {"nats/token"} else ""
-            parts.append(f"rung {rl} ({int(g['items'].iloc[0])} items): "
-                         + ", ".join(f"{o} ±{_mag(h, u)}" for o, h, u in zip(g["objective"], g["half_width_95"],
-                                                                              g["unit"])) + unit)
-        lines.append("- what the rungs can tell apart (typical paired 95 % half-width): " + "; ".join(parts)
-                     + ". Items per task for a given error bar: the report's 'Rung sizes' section.")
-    if report:
-        lines.append(f"- report: {report}")
-    return lines
+    if sizes.empty:
+        return []
+    parts = []
+    for rl, g in sizes.groupby("rung", sort=False):
+        unit = " nats/token" if set(g["unit"]) == {"nats/token"} else ""
+        parts.append(f"rung {rl} ({int(g['items'].iloc[0])} items): "
+                     + ", ".join(f"{o} ±{_mag(h, u)}" for o, h, u in zip(g["objective"], g["half_width_95"],
+                                                                          g["unit"])) + unit)
+    return ["- what the rungs can tell apart (typical paired 95 % half-width): " + "; ".join(parts)
+            + ". Items per task for a given error bar: the report's 'Rung sizes' section."]

@@ -123,9 +123,44 @@ def mergekit_text(data: StudyData, row: pd.Series, recipe: Recipe, config: dict 
 
 
 def model_card(data: StudyData, row: pd.Series, recipe: Recipe, mergekit: str | None) -> str:
-    from automerge import __version__ as version
-
+    """The model directory's README.md: Hub front matter, the scores at every rung the recipe
+    reached, retention against each specialist, the recipe and how to reproduce it, the study."""
     lineage = data.lineage(row)
+    top = lineage[-1]
+    title = f"{data.name} · rung {row['rung']} · trial {int(row['trial'])}"
+    models = ", ".join(f"`{m.name}` ({m.path})" for m in recipe.models)
+    retention_lines = _card_retention(data, top)
+    parts = [
+        "---", yaml.safe_dump(_card_front_matter(data, row, recipe, top), sort_keys=False).rstrip(), "---", "",
+        f"# {title}", "",
+        f"A `{recipe.method}` merge of {models} on base `{recipe.base}`, found by "
+        f"automerge study `{data.name}`"
+        + (f" ({row['kind']} `{display_label(row)}`)" if row.get("label") else "") + ".",
+        "",
+        "## Scores",
+        "",
+        f"Objectives {', '.join(f'{o} ({d})' for o, d in zip(data.objectives, data.directions))}; one row per "
+        "rung this recipe was evaluated at (the last is the most thorough evaluation).",
+        "",
+        *_card_scores(data, lineage),
+        "",
+    ]
+    if retention_lines:
+        parts += ["Retention (score on the specialist's own domain ÷ the specialist's score, same rung):", "",
+                  *retention_lines, ""]
+    parts += [
+        "## Recipe", "",
+        "```yaml", recipe.to_yaml().rstrip(), "```", "",
+        "Reproduce: `automerge merge automerge_recipe.yaml OUT_DIR`"
+        + (" or `mergekit-yaml mergekit_config.yml OUT_DIR`." if mergekit else "."),
+        "",
+        *_card_study(data, row),
+    ]
+    return "\n".join(parts)
+
+
+def _card_scores(data: StudyData, lineage: list[pd.Series]) -> list[str]:
+    """A Markdown table: one row per rung the recipe reached, its objectives and task scores."""
     score_cols = data.score_columns()
     header = ["rung", "trial", *data.objectives, *score_cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -135,12 +170,19 @@ def model_card(data: StudyData, row: pd.Series, recipe: Recipe, mergekit: str | 
             v = r.get(c)
             cells.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.6g}")
         lines.append("| " + " | ".join(cells) + " |")
-    top = lineage[-1]
-    ret = []
-    if data.completed()["rung"].eq(top["rung"]).any() and top["state"] == "COMPLETE":
-        for s in specialists(data, top["rung"]):
-            ret.append(f"- vs **{s.name}** ({s.label}, {s.objective} = {s.value:.4g}): "
-                       f"{100 * retention(data, top, s):.1f}% on {s.objective}")
+    return lines
+
+
+def _card_retention(data: StudyData, top: pd.Series) -> list[str]:
+    """One bullet per specialist of the highest rung reached (none if that trial did not complete)."""
+    if not (data.completed()["rung"].eq(top["rung"]).any() and top["state"] == "COMPLETE"):
+        return []
+    return [f"- vs **{s.name}** ({s.label}, {s.objective} = {s.value:.4g}): "
+            f"{100 * retention(data, top, s):.1f}% on {s.objective}" for s in specialists(data, top["rung"])]
+
+
+def _card_front_matter(data: StudyData, row: pd.Series, recipe: Recipe, top: pd.Series) -> dict:
+    """Hugging Face model-card metadata; ``base_model`` only when the base is a Hub id."""
     front_matter = {
         "library_name": "transformers",
         "tags": ["merge", "automerge", recipe.method],
@@ -156,32 +198,14 @@ def model_card(data: StudyData, row: pd.Series, recipe: Recipe, mergekit: str | 
     base = recipe.base
     if base and not base.startswith("zoo:") and not os.path.isabs(base) and not base.startswith("."):
         front_matter["base_model"] = base  # a Hub id
-    title = f"{data.name} · rung {row['rung']} · trial {int(row['trial'])}"
-    models = ", ".join(f"`{m.name}` ({m.path})" for m in recipe.models)
-    parts = [
-        "---", yaml.safe_dump(front_matter, sort_keys=False).rstrip(), "---", "",
-        f"# {title}", "",
-        f"A `{recipe.method}` merge of {models} on base `{recipe.base}`, found by "
-        f"automerge study `{data.name}`"
-        + (f" ({row['kind']} `{display_label(row)}`)" if row.get("label") else "") + ".",
-        "",
-        "## Scores",
-        "",
-        f"Objectives {', '.join(f'{o} ({d})' for o, d in zip(data.objectives, data.directions))}; one row per "
-        "rung this recipe was evaluated at (the last is the most thorough evaluation).",
-        "",
-        *lines,
-        "",
-    ]
-    if ret:
-        parts += ["Retention (score on the specialist's own domain ÷ the specialist's score, same rung):", "",
-                  *ret, ""]
-    parts += [
-        "## Recipe", "",
-        "```yaml", recipe.to_yaml().rstrip(), "```", "",
-        "Reproduce: `automerge merge automerge_recipe.yaml OUT_DIR`"
-        + (" or `mergekit-yaml mergekit_config.yml OUT_DIR`." if mergekit else "."),
-        "",
+    return front_matter
+
+
+def _card_study(data: StudyData, row: pd.Series) -> list[str]:
+    """Where the model came from: the study, its storage (password redacted), the exporting version."""
+    from automerge import __version__ as version
+
+    return [
         "## Study", "",
         f"- study: `{data.name}` (storage `{redact(data.storage_url)}`)",
         f"- rung studies: {', '.join(f'`{r.study_name}`' for r in data.rungs)}",
@@ -190,7 +214,6 @@ def model_card(data: StudyData, row: pd.Series, recipe: Recipe, mergekit: str | 
         f"- exported {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC by automerge {version}",
         "",
     ]
-    return "\n".join(parts)
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -297,10 +320,6 @@ def default_paths(data: StudyData, row: pd.Series, exports_dir: Path | None = No
     base = exports_dir or data.study_dir / "exports"
     stem = f"{data.name}-{row['rung']}-t{int(row['trial'])}"
     return {"recipe": base / f"{stem}.yaml", "mergekit": base / f"{stem}.mergekit.yml"}
-
-
-def exported_summary(paths: dict[str, Path]) -> list[str]:
-    return [f"{kind}: {path}" for kind, path in paths.items()]
 
 
 __all__ = ["export_trial", "save_merged", "mergekit_config", "resolved_recipe", "model_card", "trial_recipe",

@@ -6,6 +6,10 @@ as ``data:`` URIs, and the trials table sorts with a few lines of inline JavaScr
 is loaded from a URL (the only ``http`` strings are inside the plotly.js bundle itself: map
 tile servers of map traces this report never draws).
 
+Each figure is defined once (`automerge.report.figures`): the page draws it with plotly
+(`automerge.report.interactive`), the PNG beside it is matplotlib's drawing of the same data
+(`automerge.report.plots`).
+
     results/<study>/report.html
     results/<study>/pareto.png        # the top rung's front with baselines
     results/<study>/fronts.png        # every rung's front
@@ -27,13 +31,11 @@ from pathlib import Path
 import pandas as pd
 
 from automerge.files import write_text as write_text_atomic
-from automerge.report import analysis, plots
-from automerge.report.pareto_table import display_label, front, knee_index, minimization, pareto_table
+from automerge.report import analysis, figures, interactive, plots
+from automerge.report.figures import Figure
+from automerge.report.pareto_table import front, pareto_table
 from automerge.report.study_reader import StudyData
 from automerge.study_format import redact
-
-PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
-COLORS = plots.COLORS
 
 TABLE_COLUMNS = ["rung", "trial", "kind", "label", "state", "method"]
 
@@ -44,16 +46,9 @@ def write_report(data: StudyData, out_dir: str | Path | None = None, *, task_vec
     task_vectors: add the task-vector analysis of the study's models (reads every tensor once)."""
     out = Path(out_dir) if out_dir is not None else data.study_dir
     out.mkdir(parents=True, exist_ok=True)
-    top = data.top_rung()
-    importances = analysis.param_importances(data)
-    pngs = {
-        "pareto": plots.plot_pareto(data, out / "pareto.png", rung=top),
-        "fronts": plots.plot_fronts(data, out / "fronts.png"),
-        "hypervolume": plots.plot_hypervolume(data, out / "hypervolume.png"),
-        "importances": plots.plot_importances(data, out / "importances.png", importances=importances),
-        "profiles": plots.plot_profiles(data, out / "profiles.png", rung=top),
-    }
-    table = pareto_table(data, top)
+    figs = figures.report_figures(data, analysis.param_importances(data))
+    pngs = {name: plots.save_png(fig, out / f"{name}.png") for name, fig in figs.items()}
+    table = pareto_table(data, data.top_rung())
     write_text_atomic(out / "pareto.csv", table.to_csv(index=False))
     write_text_atomic(out / "trials.csv", trials_csv(data))
     extra: list[str] = []
@@ -64,7 +59,7 @@ def write_report(data: StudyData, out_dir: str | Path | None = None, *, task_vec
         extra.append(section)
         if png is not None:
             pngs["task_vectors"] = png
-    page = render(data, table=table, importances=importances, pngs=pngs, extra_sections=extra)
+    page = render(data, table=table, figs=figs, pngs=pngs, extra_sections=extra)
     return write_text_atomic(out / "report.html", page)
 
 
@@ -72,128 +67,12 @@ def trials_csv(data: StudyData) -> str:
     return data.trials.drop(columns=["recipe", "item_scores"], errors="ignore").to_csv(index=False)
 
 
-# -- figures ------------------------------------------------------------------------------------
-
-
-def _hover(data: StudyData, r: pd.Series) -> str:
-    from automerge.report.pareto_table import summarize_recipe
-
-    lines = [f"<b>{html.escape(display_label(r))}</b> (trial {int(r['trial'])}, {r['kind']})"]
-    lines += [f"{o}: {float(r[o]):.4g}" for o in data.objectives]
-    if r.get("method"):
-        lines.append(f"method: {r['method']}")
-    summary = summarize_recipe(r.get("recipe"))
-    if summary:
-        lines += [html.escape(part) for part in summary.split("; ")]
-    return "<br>".join(lines)
-
-
-def pareto_figure(data: StudyData, rung: str):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    df = data.rung(rung)
-    if len(data.objectives) < 2 or df.empty:
-        fig.add_annotation(text="no completed trials" if df.empty else "one objective: no front",
-                           showarrow=False)
-        return fig
-    x, y = data.objectives[0], data.objectives[1]
-    search = df[df["kind"] == "search"]
-    fr = front(data, rung)
-    rest = search[~search.index.isin(fr.index)]
-    fig.add_trace(go.Scatter(x=rest[x], y=rest[y], mode="markers", name=f"dominated search trials ({len(rest)})",
-                             marker=dict(color="#b0b0b0", size=7),
-                             hovertext=[_hover(data, r) for _, r in rest.iterrows()], hoverinfo="text"))
-    if not fr.empty:
-        order = fr.sort_values(x)
-        fig.add_trace(go.Scatter(x=order[x], y=order[y], mode="lines+markers+text", name=f"Pareto front ({len(fr)})",
-                                 text=[f"#{int(t)}" for t in order["trial"]], textposition="top right",
-                                 marker=dict(color=COLORS[0], size=10, line=dict(width=1, color="black")),
-                                 line=dict(color=COLORS[0], width=1),
-                                 hovertext=[_hover(data, r) for _, r in order.iterrows()], hoverinfo="text"))
-        if len(fr) >= 1:
-            k = fr.iloc[knee_index(-minimization(data, fr))]
-            fig.add_trace(go.Scatter(x=[k[x]], y=[k[y]], mode="markers", name=f"knee (#{int(k['trial'])})",
-                                     marker=dict(size=20, color="rgba(0,0,0,0)", line=dict(width=2, color=COLORS[1])),
-                                     hoverinfo="skip"))
-    symbols = ["square", "diamond", "triangle-up", "triangle-down", "cross", "x", "hexagon"]
-    for i, (_, b) in enumerate(df[df["kind"] == "baseline"].iterrows()):
-        fig.add_trace(go.Scatter(x=[b[x]], y=[b[y]], mode="markers+text", name=f"baseline: {display_label(b)}",
-                                 text=[display_label(b)], textposition="bottom right",
-                                 marker=dict(symbol=symbols[i % len(symbols)], size=11, color="black"),
-                                 hovertext=[_hover(data, b)], hoverinfo="text"))
-    for _, r in df[df["kind"] == "reference"].iterrows():
-        fig.add_trace(go.Scatter(x=[r[x]], y=[r[y]], mode="markers+text", name=f"reference: {display_label(r)}",
-                                 text=[display_label(r)], textposition="top left",
-                                 marker=dict(symbol="star", size=16, color=COLORS[4], line=dict(width=1, color="black")),
-                                 hovertext=[_hover(data, r)], hoverinfo="text"))
-    fig.update_layout(xaxis_title=plots._axis_label(data, 0), yaxis_title=plots._axis_label(data, 1))
-    return fig
-
-
-def hypervolume_figure(data: StudyData):
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    hist = analysis.hypervolume_history(data)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("against wall time", "against compute"))
-    for i, (rung, h) in enumerate(hist.groupby("rung", sort=False)):
-        for col, (xcol, show) in enumerate([("time_s", True), ("compute_s", False)], start=1):
-            fig.add_trace(go.Scatter(x=h[xcol], y=h["hypervolume"], mode="lines+markers", line_shape="hv",
-                                     name=f"rung {rung}", legendgroup=str(rung), showlegend=show,
-                                     line=dict(color=COLORS[i % len(COLORS)]),
-                                     hovertext=[f"rung {rung}, trial {t}" for t in h["trial"]]),
-                          row=1, col=col)
-    fig.update_xaxes(title_text="wall time since start (s)", row=1, col=1)
-    fig.update_xaxes(title_text="compute used by the search (device s)", row=1, col=2)
-    fig.update_yaxes(title_text="hypervolume", row=1, col=1)
-    return fig
-
-
-def importance_figure(importances: pd.DataFrame, order: list[str] | None = None):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    if importances.empty:
-        fig.add_annotation(text="not enough completed search trials for importances", showarrow=False)
-        return fig
-    table = importances.pivot_table(index="param", columns="target", values="importance", fill_value=0.0)
-    table = table.loc[table.max(axis=1).sort_values(ascending=True).index]
-    targets = [t for t in (order or []) if t in table.columns] + [t for t in table.columns if t not in (order or [])]
-    for i, t in enumerate(targets):
-        fig.add_trace(go.Bar(y=table.index, x=table[t], name=str(t), orientation="h",
-                             marker_color=COLORS[i % len(COLORS)]))
-    fig.update_layout(barmode="group", xaxis_title="importance (PED-ANOVA, normalised per target)",
-                      height=max(350, 40 + 22 * len(table) * max(1, len(table.columns)) // 2))
-    return fig
-
-
-def profile_figure(data: StudyData, rung: str):
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    prof = analysis.group_profiles(data, front(data, rung))
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("λ · weight per layer group", "density per layer group"))
-    models = list(dict.fromkeys(prof["model"])) if not prof.empty else []
-    for col, value in enumerate(("scale", "density"), start=1):
-        sub = prof.dropna(subset=[value])
-        for (trial, model), g in sub.groupby(["trial", "model"], sort=False):
-            c = COLORS[models.index(model) % len(COLORS)]
-            fig.add_trace(go.Scatter(x=g["position"], y=g[value], mode="lines+markers", line_shape="hvh",
-                                     name=model, legendgroup=model,
-                                     showlegend=bool(col == 1 and trial == sub.loc[sub["model"] == model, "trial"].iloc[0]),
-                                     line=dict(color=c), opacity=0.6,
-                                     hovertext=[f"trial #{trial} {model} {grp}: {v:.3g}"
-                                                for grp, v in zip(g["group"], g[value])], hoverinfo="text"),
-                          row=1, col=col)
-    fig.update_xaxes(tickvals=[0, 0.5, 1], ticktext=["embed", "depth →", "head"], range=[-0.05, 1.05])
-    return fig
-
-
-def _figure_html(fig, div_id: str, height: int = 480) -> str:
-    fig.update_layout(height=fig.layout.height or height, margin=dict(l=60, r=20, t=40, b=50),
-                      template="plotly_white")
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOTLY_CONFIG)
+def rung_figures(data: StudyData, figs: dict[str, Figure]) -> dict[str, Figure]:
+    """The interactive front of every rung with completed trials, by div id: the top rung's is
+    the very figure of pareto.png; the others are drawn like it (fronts.png shows them all)."""
+    top = data.top_rung()
+    return {f"pareto-{r.label}": figs["pareto"] if r.label == top else figures.pareto_figure(data, r.label)
+            for r in data.rungs if not data.rung(r.label).empty}
 
 
 # -- tables -------------------------------------------------------------------------------------
@@ -306,11 +185,10 @@ def _rung_size_section(data: StudyData) -> list[str]:
     ]
 
 
-def render(data: StudyData, *, table: pd.DataFrame, importances: pd.DataFrame, pngs: dict[str, Path],
-           extra_sections: list[str] = ()) -> str:
+def _header(data: StudyData) -> list[str]:
+    """The page head (styles, plotly.js, the table scripts) and the study's one-line summary."""
     import plotly.offline
 
-    top = data.top_rung()
     done = data.completed()
     counts = ", ".join(f"rung {r.label}: {int((done['rung'] == r.label).sum())}/{r.n_trials}" for r in data.rungs)
     kinds = done["kind"].value_counts().to_dict() if not done.empty else {}
@@ -319,8 +197,7 @@ def render(data: StudyData, *, table: pd.DataFrame, importances: pd.DataFrame, p
     ends = data.trials["datetime_complete"].dropna()
     span = f"{starts.min():%Y-%m-%d %H:%M} – {ends.max():%Y-%m-%d %H:%M}" if len(starts) and len(ends) else "–"
     compute = float(pd.to_numeric(data.trials["compute_s"], errors="coerce").fillna(0).sum()) if len(data.trials) else 0.0
-
-    parts = [
+    return [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>automerge report: {html.escape(data.name)}</title>",
         f"<style>{_CSS}</style>",
@@ -332,19 +209,19 @@ def render(data: StudyData, *, table: pd.DataFrame, importances: pd.DataFrame, p
         f"{html.escape(objectives)} · completed trials {html.escape(counts)} · "
         f"{html.escape(', '.join(f'{k}: {v}' for k, v in kinds.items()))} · {html.escape(span)} · "
         f"compute {compute:.0f} s</p>",
+    ]
+
+
+def _front_section(data: StudyData, table: pd.DataFrame, figs: dict[str, Figure]) -> list[str]:
+    """Each rung's interactive front, then the top rung's Pareto table and how to export from it."""
+    top = data.top_rung()
+    retention_cols = tuple(c for c in table.columns if c.startswith("retention:"))
+    return [
         "<h2>Pareto fronts per rung</h2>",
         "<p class='note'>Front = non-dominated search trials of the rung (numbered); black markers are the "
         "baselines the search enqueued, the star a reference model; the ring marks the knee. Hover for "
         "the recipe.</p>",
-    ]
-    for r in data.rungs:
-        if data.rung(r.label).empty:
-            continue
-        fig = pareto_figure(data, r.label)
-        fig.update_layout(title=plots._rung_title(data, r.label))
-        parts.append(_figure_html(fig, f"pareto-{r.label}", height=520))
-    retention_cols = tuple(c for c in table.columns if c.startswith("retention:"))
-    parts += [
+        *(interactive.figure_html(fig, div) for div, fig in rung_figures(data, figs).items()),
         f"<h3>Front of rung {html.escape(top)} with baselines and references</h3>",
         "<p class='note'>retention:S = score on specialist S's own domain ÷ S's score there (same rung). "
         "<code>dominates</code>: the baselines/references the trial dominates beyond the noise (paired 95 % CI "
@@ -356,31 +233,54 @@ def render(data: StudyData, *, table: pd.DataFrame, importances: pd.DataFrame, p
         "<p class='note'>Export one: <code>automerge export "
         f"{html.escape(data.name)} --pick knee --model out/merged</code> (or --trial N, --pick "
         f"{'|'.join('best-' + html.escape(o) for o in data.objectives)}).</p>",
-        *_rung_size_section(data),
+    ]
+
+
+def _search_sections(data: StudyData, figs: dict[str, Figure]) -> list[str]:
+    """Hypervolume over time, parameter importances and the front's layer-group profiles."""
+    return [
         "<h2>Hypervolume against time and compute</h2>",
         "<p class='note'>Hypervolume of each rung's front of search trials after each completion. Reference "
         "point per rung: just worse than every completed trial there (baselines included), so a curve only "
         "rises. Compute = device seconds (merge + evaluation) of every trial of every rung finished by then.</p>",
-        _figure_html(hypervolume_figure(data), "hypervolume", height=420),
+        interactive.figure_html(figs["hypervolume"], "hypervolume"),
         "<h2>Parameter importances</h2>",
         f"<p class='note'>Optuna's get_param_importances (PED-ANOVA) over rung {html.escape(data.rung_labels[0])}'s "
         "search trials, per objective and for the front as a whole.</p>",
-        _figure_html(importance_figure(importances, [*data.objectives, "front"]), "importances"),
-        f"<h2>Layer-group profiles of the rung {html.escape(top)} front</h2>",
+        interactive.figure_html(figs["importances"], "importances"),
+        f"<h2>Layer-group profiles of the rung {html.escape(data.top_rung())} front</h2>",
         "<p class='note'>Effective scale λ·w and density of each specialist in each layer group (embed → "
         "blocks → head), one line per front trial and specialist.</p>",
-        _figure_html(profile_figure(data, top), "profiles", height=420),
-        *extra_sections,
+        interactive.figure_html(figs["profiles"], "profiles"),
+    ]
+
+
+def _trials_section(data: StudyData) -> list[str]:
+    return [
         "<h2>All trials</h2>",
         "<input id='filter' placeholder='filter rows…' oninput=\"filterTable('trials-table', this.value)\">",
         f"<div class='scroll'>{html_table(trials_table(data), 'trials-table')}</div>",
-        "<h2>Static images</h2><details><summary>PNG versions of the plots</summary>",
     ]
-    for name, path in pngs.items():
-        parts.append(f"<p>{html.escape(Path(path).name)}</p><img class='static' alt='{html.escape(name)}' "
-                     f"src='{_png_uri(path)}'>")
-    parts += [
-        "</details>",
+
+
+def _png_section(pngs: dict[str, Path]) -> list[str]:
+    """The PNGs, embedded as data: URIs (the page stays one file)."""
+    images = [f"<p>{html.escape(Path(path).name)}</p><img class='static' alt='{html.escape(name)}' "
+              f"src='{_png_uri(path)}'>" for name, path in pngs.items()]
+    return ["<h2>Static images</h2><details><summary>PNG versions of the plots</summary>", *images, "</details>"]
+
+
+def render(data: StudyData, *, table: pd.DataFrame, figs: dict[str, Figure], pngs: dict[str, Path],
+           extra_sections: list[str] = ()) -> str:
+    """The whole page: ``figs`` are `figures.report_figures` (drawn here by plotly, in ``pngs`` by matplotlib)."""
+    parts = [
+        *_header(data),
+        *_front_section(data, table, figs),
+        *_rung_size_section(data),
+        *_search_sections(data, figs),
+        *extra_sections,
+        *_trials_section(data),
+        *_png_section(pngs),
         f"<p class='note'>generated {_dt.datetime.now():%Y-%m-%d %H:%M} by automerge report · data: "
         f"{html.escape(json.dumps([r.study_name for r in data.rungs]))}</p>",
         "</body></html>",
