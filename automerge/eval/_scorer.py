@@ -39,7 +39,7 @@ _LSE_CHUNK_FLOATS = 1 << 25
 
 
 # --------------------------------------------------------------------------------------- encoding
-def _tokenizer_max_length(model_config, tokenizer) -> int:
+def tokenizer_max_length(model_config, tokenizer) -> int:
     """lm-eval's ``resolve_max_length``: config n_positions / max_position_embeddings / n_ctx,
     then a finite tokenizer.model_max_length, else 2048."""
     cfg = model_config
@@ -202,7 +202,7 @@ def attention_cost(config) -> float:
 
 
 def _model_max_length(model, tokenizer) -> int:
-    return _tokenizer_max_length(getattr(model, "config", None), tokenizer)
+    return tokenizer_max_length(getattr(model, "config", None), tokenizer)
 
 
 @dataclass
@@ -506,7 +506,7 @@ def loglikelihood(
         ids: dict[str, int] = {}
         groups = [ids.setdefault(c, len(ids)) for c, _ in requests]   # requests sharing a context
     plan = build_plan(encoded, max_length=max_length or _model_max_length(model, tokenizer), device=device,
-                      batch_tokens=batch_tokens or default_batch_tokens(device), pad_id=_pad_id(tokenizer),
+                      batch_tokens=batch_tokens or default_batch_tokens(device), pad_id=pad_id(tokenizer),
                       groups=groups)
     ll, gr = score_plan(model, plan, greedy=True)
     return [(float(a), bool(b)) for a, b in zip(ll, gr)]
@@ -534,14 +534,14 @@ def loglikelihood_rolling(
     if not windows:
         return [0.0] * len(texts)
     plan = build_plan(windows, max_length=max_length, device=device,
-                      batch_tokens=batch_tokens or default_batch_tokens(device), pad_id=_pad_id(tokenizer))
+                      batch_tokens=batch_tokens or default_batch_tokens(device), pad_id=pad_id(tokenizer))
     ll, _ = score_plan(model, plan)
     out = np.zeros(len(texts))
     np.add.at(out, np.asarray(owner), ll)
     return [float(x) for x in out]
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
     for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
         if tid is not None:
             return int(tid)
