@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from automerge._lazy import LazyModule
 from automerge.errors import AutomergeError
 from automerge.files import atomic_path
+from automerge.jsonl import read_texts
 
 if TYPE_CHECKING:
     import torch
@@ -343,23 +344,6 @@ def reachable_fisher(recipe, files: Mapping[str, str | Path]):
             m = m.model_copy(update={"fisher": str(files[m.name])})
         models.append(m)
     return recipe.model_copy(update={"models": models})
-
-
-def read_texts(path: str | Path) -> list[str]:
-    """Texts from a JSONL file of {"text": ...} records (the held-out format), else the whole file as one."""
-    path = Path(path)
-    if not path.is_file():
-        raise AutomergeError(f"data file {path} does not exist")
-    if path.suffix == ".jsonl":
-        texts = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    texts.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise AutomergeError(f"{path}:{i}: expected a JSON object with a \"text\" field") from None
-        return texts
-    return [path.read_text()]
 
 
 def register(app) -> None:

@@ -39,33 +39,6 @@ class HealResult:
     seconds: float
 
 
-def read_texts(path: str | Path) -> list[str]:
-    """Texts of a JSONL file: a "text" field, or "prompt" + "target"/"completion" joined."""
-    p = Path(path)
-    if not p.is_file():
-        raise HealError(f"data file {p} does not exist")
-    texts = []
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise HealError(f"{p}:{n}: not valid JSON ({e}); one JSON object per line") from None
-            if isinstance(rec, dict) and isinstance(rec.get("text"), str):
-                texts.append(rec["text"])
-            elif isinstance(rec, dict) and isinstance(rec.get("prompt"), str) and \
-                    isinstance(rec.get("target", rec.get("completion")), str):
-                texts.append(rec["prompt"] + rec.get("target", rec.get("completion")))
-            else:
-                raise HealError(f"{p}:{n}: expected an object with a \"text\" string (or \"prompt\" and "
-                                "\"target\"/\"completion\")")
-    if not texts:
-        raise HealError(f"{p} holds no texts")
-    return texts
-
-
 def _windows(tok, texts: Sequence[str], seq_len: int) -> torch.Tensor:
     eos = tok.eos_token_id if tok.eos_token_id is not None else 0
     ids: list[int] = []

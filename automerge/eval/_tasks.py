@@ -15,7 +15,7 @@ Items are built from the demo zoo's held-out split (``heldout/{code,prose,tests}
 holdout, :func:`automerge.eval._split.is_quality_holdout`) by :func:`build_proxy_data`, run
 once by a maintainer (``python -m automerge.eval._tasks --heldout … --external … --out …``) and
 shipped as ``automerge/eval/data/<task>.jsonl``. Function formats mirror the zoo's training
-formats (``automerge.zoo.corpus.function_pairs``): functions dedented to column 0, decorators
+formats (``automerge.zoo.corpus.function_pairs``; both cut functions with :mod:`automerge.pysource`): functions dedented to column 0, decorators
 dropped; generation = header + docstring → ``"\\n" + body``; summarisation = code without its
 docstring + ``"# Summary:"`` → ``" " + first paragraph of the docstring on one line + "\\n"``.
 
@@ -41,13 +41,14 @@ from pathlib import Path
 from typing import Protocol
 
 from automerge.errors import EvalError
+from automerge.jsonl import read_jsonl
+from automerge.pysource import SUMMARY_MARK, function_blocks, one_line_summary
 
 from . import _data_tasks
 from ._lm_eval import PREFIX as LM_EVAL_PREFIX
 from ._split import is_quality_holdout
 
 DATA_DIR = Path(__file__).parent / "data"
-SUMMARY_MARK = "# Summary:"          # the zoo's summarisation marker (automerge.zoo.corpus.SUMMARY_MARK)
 BUILDER_VERSION = 2             # 2: external files of the quality holdout left out
 N_CHOICES = 4
 
@@ -378,16 +379,7 @@ def load_items(task: str, data_dir: Path | None = None) -> list[dict]:
     if not path.is_file():
         raise EvalError(f"proxy task data {path} is missing; rebuild it with `python -m automerge.eval._tasks "
                         f"--heldout <zoo>/data/heldout --external <zoo>/data/external --out {d}` or pass data_dir=")
-    items = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                it = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalError(f"{path}:{n}: not valid JSON ({e}); rebuild the proxy data") from e
-            items.append(it)
+    items = read_jsonl(path, error=EvalError, fix="rebuild the proxy data")
     if not items:
         raise EvalError(f"{path} holds no items; rebuild the proxy data")
     return items
@@ -402,10 +394,7 @@ def requests_of(task: str, item: dict) -> list[tuple[str, str]]:
 
 # --------------------------------------------------------------------------------------- builder: io
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(path, error=EvalError) if path.is_file() else []
 
 
 def _sha(text: str) -> str:
@@ -436,54 +425,20 @@ class Function:
     summary: str             # first paragraph of the cleaned docstring on one line ("" if none)
 
 
-def _summary(doc: str) -> str:
-    para = doc.strip().split("\n\n")[0]
-    return " ".join(line.strip() for line in para.splitlines() if line.strip())
-
-
 def iter_functions(text: str, source: str, prefix: str) -> Iterator[Function]:
-    """Every function of a module (nested ones too) whose source block dedents cleanly."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return
-    lines = text.splitlines(keepends=True)
-    k = 0
-    for node in ast.walk(tree):
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.end_lineno is None:
-            continue
-        first = node.body[0]
-        has_doc = (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-                   and isinstance(first.value.value, str))
-        body_start = node.body[1].lineno if has_doc and len(node.body) > 1 else (
-            None if has_doc else first.lineno)
-        if body_start is None or first.lineno <= node.lineno:
-            continue  # docstring-only function, or a one-liner "def f(): return x"
-        doc_start = first.lineno if has_doc else None
-        header = lines[node.lineno - 1:(doc_start or body_start) - 1]
-        docl = lines[first.lineno - 1:first.end_lineno] if has_doc else []
-        # comments/blank lines between the docstring and the first statement belong to the body
-        body = lines[(first.end_lineno if has_doc else body_start - 1):node.end_lineno]
-        if not header or not body or not header[-1].rstrip().endswith(":"):
-            continue
-        if docl and not docl[-1].rstrip().endswith(('"""', "'''")):
-            continue
-        indent = node.col_offset
-        block = header + docl + body
-        if any(ln.strip() and not ln.startswith(" " * indent) for ln in block):
-            continue
-        ded = [ln[indent:] if ln.strip() else ln.lstrip(" ") for ln in block]
-        nh, nd = len(header), len(docl)
-        doc = ast.get_docstring(node, clean=True) if has_doc else ""
+    """Every function of a module (nested ones too) whose source block dedents cleanly
+    (:func:`automerge.pysource.function_blocks`)."""
+    for k, fb in enumerate(function_blocks(text)):
+        nh, nd = len(fb.header), len(fb.doc)
+        ded = fb.header + fb.doc + fb.body
         code = "".join(ded)
         if not code.endswith("\n"):
             code += "\n"
         yield Function(
-            id=f"{prefix}:{source}#{k}:{node.name}", source=source, name=node.name, code=code,
+            id=f"{prefix}:{source}#{k}:{fb.node.name}", source=source, name=fb.node.name, code=code,
             header="".join(ded[:nh]).rstrip("\n"), docstring_src="".join(ded[nh:nh + nd]).rstrip("\n"),
-            body="".join(ded[nh + nd:]).rstrip("\n") + "\n", summary=_summary(doc or ""),
+            body="".join(ded[nh + nd:]).rstrip("\n") + "\n", summary=one_line_summary(fb.docstring),
         )
-        k += 1
 
 
 def generation_pair(f: Function) -> tuple[str, str] | None:

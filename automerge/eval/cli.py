@@ -219,7 +219,7 @@ def print_table(df, console=None) -> None:
         t.add_row(*row)
     summ = domain_summary(df)
     for dom in dict.fromkeys(summ["domain"]):
-        row = [f"mean retention", dom, ""]
+        row = ["mean retention", dom, ""]
         for m in models:
             r = summ[(summ["model"] == m) & (summ["domain"] == dom)]
             row.append(_fmt(float(r["mean_retention"].iloc[0]), pct=True) if not r.empty else "")
