@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from automerge.checkpoints import _DTYPES, Checkpoint, _names_list, resolve_model_path
+from automerge.checkpoints import SAFETENSORS_DTYPES, Checkpoint, names_list, resolve_model_path
 from automerge.errors import CheckpointError
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin")
@@ -33,7 +33,7 @@ ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Keys a state dict may hold that are no weights of the base (recomputed buffers).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".masked_bias", ".attn.bias")
-_DTYPE_CODES = {v: k for k, v in _DTYPES.items()}
+_DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 
 def is_state_dict_file(path: str | Path) -> bool:
@@ -109,7 +109,7 @@ def _tensor_dict(obj: object, file: Path) -> dict[str, torch.Tensor]:
                               "save one with torch.save(model.state_dict(), path)")
     bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{file}: entries {_names_list(bad)} are not tensors; a state dict maps names "
+        raise CheckpointError(f"{file}: entries {names_list(bad)} are not tensors; a state dict maps names "
                               "to tensors (save model.state_dict(), not a training checkpoint)")
     return {str(k): v for k, v in obj.items()}
 
@@ -152,9 +152,9 @@ class StateDictCheckpoint(Checkpoint):
         if unmatched or missing:
             parts = []
             if unmatched:
-                parts.append(f"{len(unmatched)} key(s) match no tensor of the base, e.g. {_names_list(unmatched, 3)}")
+                parts.append(f"{len(unmatched)} key(s) match no tensor of the base, e.g. {names_list(unmatched, 3)}")
             if missing:
-                parts.append(f"{len(missing)} tensor(s) of the base are missing, e.g. {_names_list(missing, 3)}")
+                parts.append(f"{len(missing)} tensor(s) of the base are missing, e.g. {names_list(missing, 3)}")
             raise CheckpointError(
                 f"{file} does not hold the base {base.path}'s tensors: " + "; ".join(parts)
                 + " (prefixes module./_orig_mod. are stripped and model. added or removed to match); "
