@@ -306,6 +306,19 @@ def build_plan(
     separate requests (``attn_cost``: attention work per key relative to a token's other work, see
     :func:`attention_cost`)."""
     device = torch.device(device)
+    inputs, conts, cont_lens = _plan_inputs(encoded, max_length, cut_long_continuations)
+    packed, plain = _rows(inputs, conts, cont_lens, groups, attn_cost)
+    batches: list[Batch] = []
+    for rows, is_packed in ((packed, True), (plain, False)):
+        batches.extend(_length_batches(rows, is_packed, pad_id, device, batch_tokens, max_batch_rows))
+    batches.sort(key=lambda b: -b.input_ids.numel())
+    return Plan(batches=batches, n_requests=len(encoded), cont_lengths=cont_lens, device=device,
+                n_input_tokens=sum(b.n_real_tokens for b in batches),
+                n_request_tokens=sum(len(x) for x in inputs))
+
+
+def _plan_inputs(encoded, max_length: int, cut_long_continuations: bool):
+    """(model inputs, continuations, continuation lengths) per request, lm-eval's left truncation."""
     n = len(encoded)
     inputs: list[list[int]] = []
     conts: list[list[int]] = []
@@ -322,10 +335,15 @@ def build_plan(
         inputs.append(whole[-(max_length + 1):][:-1])
         conts.append(list(cont))
         cont_lens[i] = len(cont)
+    return inputs, conts, cont_lens
+
+
+def _rows(inputs, conts, cont_lens, groups, attn_cost: float) -> tuple[list[_Row], list[_Row]]:
+    """(packed rows, plain rows): a group becomes one trie row where that saves work (see build_plan)."""
     plain: list[_Row] = []
     packed: list[_Row] = []
     if groups is None:
-        members = [[i] for i in range(n)]
+        members = [[i] for i in range(len(inputs))]
     else:
         by: dict = {}
         for i, g in enumerate(groups):
@@ -343,26 +361,28 @@ def build_plan(
             L = len(inputs[r])
             plain.append(_Row(inputs[r], None, None, [(r, np.arange(L - cont_lens[r], L, dtype=np.int64),
                                                         np.asarray(conts[r], dtype=np.int64))]))
-    batches: list[Batch] = []
-    for rows, is_packed in ((packed, True), (plain, False)):
-        rows.sort(key=lambda r: -len(r.tokens))
-        pos = 0
-        while pos < len(rows):
-            T = len(rows[pos].tokens)
-            k = max(1, min(max_batch_rows, batch_tokens // max(T, 1)))
-            if is_packed:
-                k = max(1, min(k, _MASK_BUDGET // max(T * T, 1)))
-            chunk = [rows[pos]]
+    return packed, plain
+
+
+def _length_batches(rows: list[_Row], is_packed: bool, pad_id: int, device, batch_tokens: int,
+                    max_batch_rows: int) -> list[Batch]:
+    """Rows sorted longest first, cut into batches under the token (and mask) budget."""
+    rows.sort(key=lambda r: -len(r.tokens))
+    batches = []
+    pos = 0
+    while pos < len(rows):
+        T = len(rows[pos].tokens)
+        k = max(1, min(max_batch_rows, batch_tokens // max(T, 1)))
+        if is_packed:
+            k = max(1, min(k, _MASK_BUDGET // max(T * T, 1)))
+        chunk = [rows[pos]]
+        pos += 1
+        # length buckets: a batch stops where rows get shorter than 3/4 of its longest (padding ≤ 25 %)
+        while pos < len(rows) and len(chunk) < k and 4 * len(rows[pos].tokens) >= 3 * T:
+            chunk.append(rows[pos])
             pos += 1
-            # length buckets: a batch stops where rows get shorter than 3/4 of its longest (padding ≤ 25 %)
-            while pos < len(rows) and len(chunk) < k and 4 * len(rows[pos].tokens) >= 3 * T:
-                chunk.append(rows[pos])
-                pos += 1
-            batches.append(_make_batch(chunk, pad_id, device, is_packed))
-    batches.sort(key=lambda b: -b.input_ids.numel())
-    return Plan(batches=batches, n_requests=n, cont_lengths=cont_lens, device=device,
-                n_input_tokens=sum(b.n_real_tokens for b in batches),
-                n_request_tokens=sum(len(x) for x in inputs))
+        batches.append(_make_batch(chunk, pad_id, device, is_packed))
+    return batches
 
 
 # --------------------------------------------------------------------------------------- scoring
