@@ -151,13 +151,3 @@ def load(spec: str) -> DataTask:
         raise EvalError(f"task {spec!r}: metric {metric!r} does not apply to {kind!r} records; use "
                         f"{' or '.join(METRICS[kind])}")
     return DataTask(name=name, kind=kind, metric=metric, items=items)
-
-
-def requests_of(task: DataTask, item: dict) -> list[tuple[str, str]]:
-    """(context, continuation) requests of a completion or MC item (text items are windowed by
-    the Evaluator, which knows the model's context length)."""
-    if task.kind == "mc":
-        return [(item["context"], c) for c in item["choices"]]
-    if task.kind == "completion":
-        return [(item["context"], item["continuation"])]
-    raise ValueError("text items have no fixed requests")

@@ -387,13 +387,6 @@ def load_items(task: str, data_dir: Path | None = None) -> list[dict]:
     return items
 
 
-def requests_of(task: str, item: dict) -> list[tuple[str, str]]:
-    """The (context, continuation) requests an item needs (one per choice for MC)."""
-    if PROXY_TASKS[task].kind == "mc":
-        return [(item["context"], c) for c in item["choices"]]
-    return [(item["context"], item["continuation"])]
-
-
 # --------------------------------------------------------------------------------------- builder: io
 def _read_jsonl(path: Path) -> list[dict]:
     return read_jsonl(path, error=EvalError) if path.is_file() else []
