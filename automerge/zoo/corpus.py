@@ -287,6 +287,19 @@ def _inline(text: str) -> str:
     return text
 
 
+def _directive_text(name: str, arg: str) -> str | None:
+    """What a kept directive's own line becomes in prose (None: nothing)."""
+    if name in _VERSION_DIRECTIVES:
+        ver = arg.split()[0] if arg else ""
+        return _VERSION_DIRECTIVES[name].format(ver) + (" " + " ".join(arg.split()[1:]) if len(arg.split()) > 1 else "")
+    if name == "rubric" or name == "topic" or name == "admonition":
+        return arg or None
+    if arg and not name.startswith(("note", "warning", "seealso", "important", "tip", "caution",
+                                    "attention", "hint", "danger", "error", "impl-detail")):
+        return arg  # object description: keep the signature as one line
+    return None
+
+
 def clean_rst(rst: str) -> str:
     """reST (Python docs flavour) -> plain prose: markup, code and doctest blocks, tables dropped."""
     rst = re.sub(r" ?\\\n\s*", " ", rst.replace("\r\n", "\n"))  # backslash-continued signatures
@@ -318,15 +331,9 @@ def clean_rst(rst: str) -> str:
             if name in _SKIP_DIRECTIVES or name == "module" or name.startswith("auto"):
                 skip_indent = indent
                 continue
-            if name in _VERSION_DIRECTIVES:
-                ver = arg.split()[0] if arg else ""
-                out.append(_VERSION_DIRECTIVES[name].format(ver) + (" " + " ".join(arg.split()[1:]) if len(arg.split()) > 1 else ""))
-            elif name == "rubric" or name == "topic" or name == "admonition":
-                if arg:
-                    out.append(arg)
-            elif arg and not name.startswith(("note", "warning", "seealso", "important", "tip", "caution",
-                                               "attention", "hint", "danger", "error", "impl-detail")):
-                out.append(arg)  # object description: keep the signature as one line
+            kept = _directive_text(name, arg)
+            if kept is not None:
+                out.append(kept)
             in_options = True
             continue
         if _COMMENT_RE.match(line):  # comments, targets, footnotes, substitutions
@@ -526,6 +533,21 @@ def write_jsonl(path: Path, records: Iterable[Record | Pair | dict]) -> int:
     return n
 
 
+def derived_train(code_records: Iterable[Record]) -> tuple[list[str], list[str], list[str]]:
+    """(docstring texts, summarisation texts, bare code texts) derived from training code records."""
+    docs, summ, bare = [], [], []
+    for r in code_records:
+        tree = parse_module(r.text)
+        ds = docstring_text(r.text, tree)
+        if ds:
+            docs.append(ds + "\n")
+        b = bare_code(r.text, tree)
+        if b.strip():
+            bare.append(b)
+        summ.extend(p.summarisation_text for p in function_pairs(r.text, tree))
+    return docs, summ, bare
+
+
 def derived_heldout(code_records: Iterable[Record]) -> tuple[list[Record], list[Pair], list[Pair]]:
     """(docstrings, generation pairs, summarisation pairs) derived from held-out code records."""
     docs, gen, summ = [], [], []
@@ -599,16 +621,7 @@ def collect(size: str, *, doc_root: Path = Path("/usr/share/doc"), stdlib: Path 
     else:
         raise ValueError(f"size must be 'full' or 'test', not {size!r}")
 
-    docs_tr, summ_tr, bare_tr = [], [], []
-    for r in code_tr:
-        tree = parse_module(r.text)
-        ds = docstring_text(r.text, tree)
-        if ds:
-            docs_tr.append(ds + "\n")
-        bare = bare_code(r.text, tree)
-        if bare.strip():
-            bare_tr.append(bare)
-        summ_tr.extend(p.summarisation_text for p in function_pairs(r.text, tree))
+    docs_tr, summ_tr, bare_tr = derived_train(code_tr)
     docs_ho, gen_ho, summ_ho = derived_heldout(code_ho)
     if size == "test":
         ext_code, ext_prose, prov = external_records(packages=("typer", "click"), max_code_bytes=12_000,
