@@ -115,7 +115,10 @@ class Evaluator:
         """A pooled task's items, tokenised (once per Evaluator)."""
         p = self._prepared.get(task)
         if p is None:
-            p = self._prepare_items(task, get_task(task).items(self))
+            t = get_task(task)
+            if not t.pooled:
+                raise EvalError(f"task {task!r} generates text: it has no log-likelihood items to prepare")
+            p = self._prepare_items(task, t.items(self))
             self._prepared[task] = p
         return p
 

@@ -1,4 +1,10 @@
-"""Proxy task definitions, their shipped items, and the deterministic builder that makes them.
+"""Every task the Evaluator runs, in one registry, plus the proxies' shipped items and the
+deterministic builder that makes them.
+
+``TASKS`` maps a name to an object of the :class:`Task` protocol (``prepare`` / ``size`` / ``run``):
+the proxies (:class:`TaskSpec`, each with its item builder) and the full tasks (:class:`FullTask`);
+``FAMILIES`` makes the tasks named by a prefix (``data:PATH.jsonl``, ``lm_eval:NAME``). Adding a
+task is adding its entry here (automerge/eval/README.md, "Adding a task").
 
 Two kinds of proxy task, each with an NL and a code flavour:
 
