@@ -78,3 +78,8 @@ def test_unknown_names_fail_listing_what_is_known():
         get_task("nope")
     with pytest.raises(EvalError, match="domain"):
         get_task("data:x.jsonl?domain=math")
+
+
+def test_generation_tasks_have_no_items_to_prepare(ev):
+    with pytest.raises(EvalError, match="generates text"):
+        ev.prepared("humaneval")
