@@ -23,9 +23,10 @@ from safetensors.torch import save_file
 
 from automerge.files import normal_modes
 from automerge.errors import CheckpointError, IncompatibleModelsError
+from automerge.names import ZOO_ADAPTERS, ZOO_MODELS as ZOO_FULL_MODELS
 from automerge.layers import layer_index, num_hidden_layers
 
-ZOO_MODELS = ("base", "code", "lang", "tests", "mix", "code-lora", "lang-lora")  # *-lora: PEFT adapters
+ZOO_MODELS = (*ZOO_FULL_MODELS, *ZOO_ADAPTERS)  # zoo:NAME; *-lora: PEFT adapters
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # Copied verbatim from the source checkpoint next to the merged weights.
@@ -36,7 +37,7 @@ TOKENIZER_FILES = (
 )
 EXTRA_FILES = ("generation_config.json", *TOKENIZER_FILES)
 
-_DTYPES = {
+SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
     "U8": torch.uint8, "BOOL": torch.bool,
@@ -89,7 +90,7 @@ def _read_header(file: Path) -> dict[str, dict]:
     for name, info in header.items():
         try:
             begin, end = info["data_offsets"]
-            ok = info["dtype"] in _DTYPES and all(isinstance(d, int) and d >= 0 for d in info["shape"])
+            ok = info["dtype"] in SAFETENSORS_DTYPES and all(isinstance(d, int) and d >= 0 for d in info["shape"])
         except (TypeError, KeyError, ValueError):
             ok = False
         if not ok:
@@ -99,7 +100,7 @@ def _read_header(file: Path) -> dict[str, dict]:
         numel = 1
         for d in info["shape"]:
             numel *= d
-        if end - begin != numel * _DTYPES[info["dtype"]].itemsize:
+        if end - begin != numel * SAFETENSORS_DTYPES[info["dtype"]].itemsize:
             raise corrupt(f"tensor {name!r} has {end - begin} bytes for shape {info['shape']} {info['dtype']}")
     return header
 
@@ -208,7 +209,7 @@ class Checkpoint:
         return tuple(self._entry(name)[1]["shape"])
 
     def dtype(self, name: str) -> torch.dtype:
-        return _DTYPES[self._entry(name)[1]["dtype"]]
+        return SAFETENSORS_DTYPES[self._entry(name)[1]["dtype"]]
 
     def read(self, name: str, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
         """Read one tensor (only its bytes), cast on `device`; CheckpointError if it holds NaN/Inf."""
@@ -288,7 +289,7 @@ _VOCAB_FIX = ("Task vectors only make sense over the same token ids: resize/alig
               "and embeddings of {other} to the base's, or use a specialist fine-tuned from this base")
 
 
-def _names_list(names: Iterable[str], limit: int = 5) -> str:
+def names_list(names: Iterable[str], limit: int = 5) -> str:
     names = sorted(names)
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
@@ -334,9 +335,9 @@ def check_compatible(base: Checkpoint, others: Sequence[Checkpoint]) -> None:
         if missing or extra:
             parts = []
             if missing:
-                parts.append(f"{o} lacks {len(missing)} tensor(s) of {b}: {_names_list(missing)}")
+                parts.append(f"{o} lacks {len(missing)} tensor(s) of {b}: {names_list(missing)}")
             if extra:
-                parts.append(f"{o} has {len(extra)} tensor(s) {b} lacks: {_names_list(extra)}")
+                parts.append(f"{o} has {len(extra)} tensor(s) {b} lacks: {names_list(extra)}")
             hint = ""
             if base.tied_embeddings != other.tied_embeddings:
                 hint = " (one model ties lm_head to the embeddings and the other does not)"
@@ -460,7 +461,7 @@ def _write_shards(tensors: Iterable[tuple[str, torch.Tensor]], tmp: Path, *, sou
         shard_size += nbytes
         total += nbytes
     if expected - seen:
-        raise CheckpointError(f"save_checkpoint got no tensor for {_names_list(expected - seen)} "
+        raise CheckpointError(f"save_checkpoint got no tensor for {names_list(expected - seen)} "
                               f"(the output would not load like {source.path})")
     flush()
 

@@ -25,6 +25,7 @@ from typing import Iterator, Mapping
 import torch
 
 from automerge.checkpoints import Checkpoint, check_compatible, resolve_model_path, save_checkpoint
+from automerge.names import DTYPES as DTYPE_NAMES
 from automerge.errors import RecipeError
 from automerge.layers import LayerGrouping
 from automerge.methods import (
@@ -40,7 +41,7 @@ from automerge.methods import (
 from automerge.recipe import Recipe
 from automerge.specialists import open_specialist, task_vector
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 # Methods with a fused, chunked kernel below; the rest go through methods.merge_tensor.
 FUSED = {"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"}
 L1_EPS = 1e-7
@@ -221,7 +222,7 @@ class ResidentMerger:
 
     @staticmethod
     def _checked(method: MergeMethod, recipe: Recipe, group: str) -> tuple[dict, list[dict]]:
-        params, per_model = recipe._resolve_group(group)
+        params, per_model = recipe.resolve_group(group)
         return method.check_params(params, per_model)
 
     # -- caches ----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from automerge._lazy import LazyModule
 from automerge.errors import AutomergeError
 from automerge.files import atomic_path
+from automerge.jsonl import read_texts
 
 if TYPE_CHECKING:
     import torch
@@ -61,6 +62,33 @@ def _examples(tokenizer, texts: Iterable[str], *, seq_len: int, max_tokens: int)
     return out
 
 
+def _checked_examples(model, tokenizer, texts, *, max_tokens: int, batch_size: int, seq_len: int) -> list:
+    """The token examples of ``texts`` (seq_len capped at the model's context); bad settings fail first."""
+    if max_tokens < 2 or batch_size < 1 or seq_len < 2:
+        raise AutomergeError(
+            f"estimate_fisher: max_tokens ({max_tokens}) and seq_len ({seq_len}) must be >= 2, "
+            f"batch_size ({batch_size}) >= 1"
+        )
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, int) and context >= 2:
+        seq_len = min(seq_len, context)  # longer examples would run the model past its trained context
+    examples = _examples(tokenizer, texts, seq_len=seq_len, max_tokens=max_tokens)
+    if not examples:
+        raise AutomergeError("estimate_fisher: the texts hold no example of 2 or more tokens; give it some text")
+    return examples
+
+
+def _padded(batch: list, pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of a batch, right-padded: pads are masked out of the likelihood."""
+    width = max(len(e) for e in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, e in enumerate(batch):
+        ids[row, : len(e)] = torch.tensor(e)
+        mask[row, : len(e)] = 1
+    return ids.to(device), mask.to(device)
+
+
 def estimate_fisher(
     model: torch.nn.Module,
     tokenizer,
@@ -83,17 +111,8 @@ def estimate_fisher(
     was (mode, requires_grad, no .grad); it runs on whatever device it is on and needs
     a float32 accumulator per parameter there.
     """
-    if max_tokens < 2 or batch_size < 1 or seq_len < 2:
-        raise AutomergeError(
-            f"estimate_fisher: max_tokens ({max_tokens}) and seq_len ({seq_len}) must be >= 2, "
-            f"batch_size ({batch_size}) >= 1"
-        )
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(context, int) and context >= 2:
-        seq_len = min(seq_len, context)  # longer examples would run the model past its trained context
-    examples = _examples(tokenizer, texts, seq_len=seq_len, max_tokens=max_tokens)
-    if not examples:
-        raise AutomergeError("estimate_fisher: the texts hold no example of 2 or more tokens; give it some text")
+    examples = _checked_examples(model, tokenizer, texts, max_tokens=max_tokens, batch_size=batch_size,
+                                 seq_len=seq_len)
     params = dict(model.named_parameters())  # tied weights appear once
     device = next(iter(params.values())).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -106,14 +125,7 @@ def estimate_fisher(
         p.requires_grad_(True)
     try:
         for b in range(0, len(examples), batch_size):
-            batch = examples[b : b + batch_size]
-            width = max(len(e) for e in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, e in enumerate(batch):  # right padding, masked out of the likelihood
-                ids[row, : len(e)] = torch.tensor(e)
-                mask[row, : len(e)] = 1
-            ids, mask = ids.to(device), mask.to(device)
+            ids, mask = _padded(examples[b : b + batch_size], pad, device)
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
             logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
             loglik = (logp * mask[:, 1:]).sum()
@@ -343,23 +355,6 @@ def reachable_fisher(recipe, files: Mapping[str, str | Path]):
             m = m.model_copy(update={"fisher": str(files[m.name])})
         models.append(m)
     return recipe.model_copy(update={"models": models})
-
-
-def read_texts(path: str | Path) -> list[str]:
-    """Texts from a JSONL file of {"text": ...} records (the held-out format), else the whole file as one."""
-    path = Path(path)
-    if not path.is_file():
-        raise AutomergeError(f"data file {path} does not exist")
-    if path.suffix == ".jsonl":
-        texts = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    texts.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise AutomergeError(f"{path}:{i}: expected a JSON object with a \"text\" field") from None
-        return texts
-    return [path.read_text()]
 
 
 def register(app) -> None:

@@ -39,33 +39,6 @@ class HealResult:
     seconds: float
 
 
-def read_texts(path: str | Path) -> list[str]:
-    """Texts of a JSONL file: a "text" field, or "prompt" + "target"/"completion" joined."""
-    p = Path(path)
-    if not p.is_file():
-        raise HealError(f"data file {p} does not exist")
-    texts = []
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise HealError(f"{p}:{n}: not valid JSON ({e}); one JSON object per line") from None
-            if isinstance(rec, dict) and isinstance(rec.get("text"), str):
-                texts.append(rec["text"])
-            elif isinstance(rec, dict) and isinstance(rec.get("prompt"), str) and \
-                    isinstance(rec.get("target", rec.get("completion")), str):
-                texts.append(rec["prompt"] + rec.get("target", rec.get("completion")))
-            else:
-                raise HealError(f"{p}:{n}: expected an object with a \"text\" string (or \"prompt\" and "
-                                "\"target\"/\"completion\")")
-    if not texts:
-        raise HealError(f"{p} holds no texts")
-    return texts
-
-
 def _windows(tok, texts: Sequence[str], seq_len: int) -> torch.Tensor:
     eos = tok.eos_token_id if tok.eos_token_id is not None else 0
     ids: list[int] = []
@@ -136,11 +109,28 @@ def heal(
 
         model = peft.get_peft_model(model, peft.LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
                                                            target_modules="all-linear", task_type="CAUSAL_LM"))
+    t0 = time.perf_counter()
+    _train(model, windows, dev, steps=steps, lr=lr, batch_size=batch_size, seed=seed, on_step=on_step)
+    if lora_rank:
+        model = model.merge_and_unload()
+    after = _loss(model, evals, dev, batch_size)
+    seconds = time.perf_counter() - t0
+
+    _save(model, source, out, overwrite=overwrite,
+          info={"source": str(source.path), "steps": steps, "lr": lr, "lora_rank": lora_rank,
+                "batch_size": batch_size, "seq_len": seq_len, "seed": seed, "loss_before": round(before, 5),
+                "loss_after": round(after, 5)})
+    return HealResult(out=out, steps=steps, tokens=steps * batch_size * seq_len, loss_before=before,
+                      loss_after=after, seconds=seconds)
+
+
+def _train(model, windows: torch.Tensor, dev, *, steps: int, lr: float, batch_size: int, seed: int,
+           on_step: Callable[[int, int, float], None] | None) -> None:
+    """AdamW on random windows: linear warm-up over the first 10 % of steps, then cosine to 10 % of lr."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     warmup = max(1, steps // 10)
-    t0 = time.perf_counter()
     model.train()
     for step in range(steps):
         scale = (step + 1) / warmup if step < warmup else \
@@ -158,22 +148,15 @@ def heal(
         opt.step()
         if on_step is not None:
             on_step(step + 1, steps, float(loss.detach()))
-    if lora_rank:
-        model = model.merge_and_unload()
-    after = _loss(model, evals, dev, batch_size)
-    seconds = time.perf_counter() - t0
 
+
+def _save(model, source: Checkpoint, out: Path, *, overwrite: bool, info: dict) -> None:
+    """The trained weights under the source checkpoint's names and float dtype, ``info`` in the metadata."""
     state = model.state_dict()
     missing = [n for n in source.names if n not in state]
     if missing:
         raise HealError(f"the loaded model has no parameter for {missing[0]} of {source.path}; cannot save it "
                         "under the checkpoint's names")
     dtype = next((source.dtype(n) for n in source.names if source.dtype(n).is_floating_point), None)
-    meta = {"automerge_heal": json.dumps({"source": str(source.path), "steps": steps, "lr": lr,
-                                          "lora_rank": lora_rank, "batch_size": batch_size, "seq_len": seq_len,
-                                          "seed": seed, "loss_before": round(before, 5),
-                                          "loss_after": round(after, 5)})}
-    save_checkpoint(((n, state[n]) for n in source.names), out, source=source, dtype=dtype, metadata=meta,
-                    overwrite=overwrite)
-    return HealResult(out=out, steps=steps, tokens=steps * batch_size * seq_len, loss_before=before,
-                      loss_after=after, seconds=seconds)
+    save_checkpoint(((n, state[n]) for n in source.names), out, source=source, dtype=dtype,
+                    metadata={"automerge_heal": json.dumps(info)}, overwrite=overwrite)

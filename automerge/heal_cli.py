@@ -50,7 +50,8 @@ def heal_command(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from automerge.checkpoints import resolve_model_path
-    from automerge.heal import heal, read_texts
+    from automerge.heal import heal
+    from automerge.jsonl import read_texts
 
     texts = zoo_mix_texts() if data == "zoo:mix" else read_texts(data)
     target = out or Path(str(resolve_model_path(model_dir)).rstrip("/") + "-healed")

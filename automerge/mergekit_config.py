@@ -131,6 +131,45 @@ def import_mergekit(data: Mapping[str, Any], *, source: str, method_names: Mappi
     that make automerge compute what mergekit computes for `data`; RecipeError names what cannot."""
     from automerge.methods import get_method
 
+    _check_scope(data, source, method_names)
+    method = get_method(method_names[data.get("merge_method")])
+    base = data.get("base_model")
+    base = model_path(base) if base is not None else None
+    top = dict(data.get("parameters") or {})
+
+    if data.get("slices"):
+        if data.get("models"):
+            raise RecipeError(f"{source}: both 'models' and 'slices' are given; mergekit takes one of them")
+        sources, slice_params, ranges, base = _slices(data["slices"], base, source)
+    else:
+        entries = data.get("models") or []
+        sources = [_Source(path=lora_adapter_path(e.get("model"), base, f"{source}: models[{i}].model")
+                           or model_path(e.get("model")), params=(e.get("parameters"),))
+                   for i, e in enumerate(entries)]
+        slice_params, ranges = [None], None
+    # The base may be listed among the models (slerp, task arithmetic configs do); it is no specialist.
+    specialists = [s for s in sources if s.path != base]
+    if not specialists:
+        raise RecipeError(f"{source}: no models to merge besides the base")
+    names = _unique_names([s.path for s in specialists])
+
+    simple = ranges is None and _all_scalar(top) and all(_all_scalar(*s.params) for s in specialists)
+    if simple:
+        params = {k: v for k, v in top.items() if k not in _STORAGE_ONLY}
+        models = [{"name": n, "path": s.path, "parameters": dict(s.params[0] or {})}
+                  for n, s in zip(names, specialists)]
+        grouping = {"num_groups": 1, "split_attn_mlp": False}
+    else:
+        params, models, grouping = _per_tensor_params(method, base, top, specialists, names, slice_params,
+                                                      ranges, source)
+    if method.name in _BASE_OPTIONAL:
+        params["use_base"] = base is not None
+    dtype = data.get("out_dtype") or data.get("dtype") or "float32"
+    return dict(method=method.name, base=base, models=models, parameters=params, dtype=dtype, **grouping)
+
+
+def _check_scope(data: Mapping[str, Any], source: str, method_names: Mapping[str, str]) -> None:
+    """Refuse what is no tensor-wise merge of same-vocabulary models, or has no automerge method."""
     for key, reason in _REFUSED_KEYS.items():
         if data.get(key):
             raise RecipeError(f"{source}: mergekit key {key!r} is not supported: it {reason}")
@@ -152,83 +191,57 @@ def import_mergekit(data: Mapping[str, Any], *, source: str, method_names: Mappi
             f"{source}: merge_method {mk_method!r} has no automerge equivalent; "
             f"supported: {', '.join(sorted(method_names))}"
         )
-    method = get_method(method_names[mk_method])
-    base = data.get("base_model")
-    base = model_path(base) if base is not None else None
-    top = dict(data.get("parameters") or {})
 
-    if data.get("slices"):
-        if data.get("models"):
-            raise RecipeError(f"{source}: both 'models' and 'slices' are given; mergekit takes one of them")
-        sources, slice_params, ranges, base = _slices(data["slices"], base, source)
-    else:
-        entries = data.get("models") or []
-        sources = [_Source(path=lora_adapter_path(e.get("model"), base, f"{source}: models[{i}].model")
-                           or model_path(e.get("model")), params=(e.get("parameters"),))
-                   for i, e in enumerate(entries)]
-        slice_params, ranges = [None], None
-    # The base may be listed among the models (slerp, task arithmetic configs do); it is no specialist.
-    specialists = [s for s in sources if s.path != base]
-    if not specialists:
-        raise RecipeError(f"{source}: no models to merge besides the base")
+
+def _per_tensor_params(method, base, top, specialists, names, slice_params, ranges, source):
+    """(parameters, models, grouping) of a config whose values vary by layer (gradients, per-slice
+    values, filters): every tensor's value resolved the way mergekit does, then grouped by layer."""
     global_names = {p.name for p in method.global_params}
     model_names = {p.name for p in method.model_params}
-    names = _unique_names([s.path for s in specialists])
+    tensors, num_layers = _tensor_names(base or specialists[0].path, source)
+    if ranges is not None and ranges[-1][1] != num_layers:
+        raise RecipeError(
+            f"{source}: slices cover layers 0-{ranges[-1][1]} but the model has {num_layers}; a merge of "
+            "part of the layers drops the rest (a frankenmerge), which automerge does not do"
+        )
+    ranges = ranges or [(0, num_layers)]
+    placed = [_place(n, ranges) for n in tensors]  # (slice index, t) per tensor
+    keys = sorted({k for level in [top, *slice_params] if level for k in level}
+                  | {k for s in specialists for level in s.params if level for k in level})
+    keys = [k for k in keys if k not in _STORAGE_ONLY]
+    per_tensor_global: dict[str, dict[str, Any]] = {}
+    per_tensor_model: list[dict[str, dict[str, Any]]] = [{} for _ in specialists]
+    for key in keys:
+        set_by_a_model = any(level and key in level for s in specialists for level in s.params)
+        if key in global_names and set_by_a_model:
+            raise RecipeError(f"{source}: {key!r} is a global parameter of {method.name}; mergekit ignores "
+                              "it in a model's parameters -- set it in the top-level parameters")
+        per_model = key in model_names or (key not in global_names and set_by_a_model)
+        for name, (si, t) in zip(tensors, placed):
+            shared = [slice_params[si], top]
+            if not per_model:
+                value = _first(shared, key, name, t)
+                if value is not None:
+                    per_tensor_global.setdefault(key, {})[name] = value
+                continue
+            for j, s in enumerate(specialists):
+                value = _first([s.params[si], *shared], key, name, t)
+                if value is not None:
+                    per_tensor_model[j].setdefault(key, {})[name] = value
+    for key, per_tensor in per_tensor_global.items():
+        per_tensor_global[key] = _complete(per_tensor, tensors, method, key, f"{source}: parameters.{key}")
+    for s, m in zip(specialists, per_tensor_model):
+        for key, per_tensor in m.items():
+            m[key] = _complete(per_tensor, tensors, method, key, f"{source}: model {s.path}: {key}")
+    layout = _layout([*per_tensor_global.values(), *(v for m in per_tensor_model for v in m.values())],
+                     tensors, num_layers, source)
+    params = {k: _group_value(v, tensors, layout) for k, v in per_tensor_global.items()}
+    models = [{"name": n, "path": s.path,
+               "parameters": {k: _group_value(v, tensors, layout) for k, v in per_tensor_model[j].items()}}
+              for j, (n, s) in enumerate(zip(names, specialists))]
+    grouping = {"num_groups": layout.num_groups, "split_attn_mlp": layout.split}
 
-    simple = ranges is None and _all_scalar(top) and all(_all_scalar(*s.params) for s in specialists)
-    if simple:
-        params = {k: v for k, v in top.items() if k not in _STORAGE_ONLY}
-        models = [{"name": n, "path": s.path, "parameters": dict(s.params[0] or {})}
-                  for n, s in zip(names, specialists)]
-        grouping = {"num_groups": 1, "split_attn_mlp": False}
-    else:
-        tensors, num_layers = _tensor_names(base or specialists[0].path, source)
-        if ranges is not None and ranges[-1][1] != num_layers:
-            raise RecipeError(
-                f"{source}: slices cover layers 0-{ranges[-1][1]} but the model has {num_layers}; a merge of "
-                "part of the layers drops the rest (a frankenmerge), which automerge does not do"
-            )
-        ranges = ranges or [(0, num_layers)]
-        placed = [_place(n, ranges) for n in tensors]  # (slice index, t) per tensor
-        keys = sorted({k for level in [top, *slice_params] if level for k in level}
-                      | {k for s in specialists for level in s.params if level for k in level})
-        keys = [k for k in keys if k not in _STORAGE_ONLY]
-        per_tensor_global: dict[str, dict[str, Any]] = {}
-        per_tensor_model: list[dict[str, dict[str, Any]]] = [{} for _ in specialists]
-        for key in keys:
-            set_by_a_model = any(level and key in level for s in specialists for level in s.params)
-            if key in global_names and set_by_a_model:
-                raise RecipeError(f"{source}: {key!r} is a global parameter of {method.name}; mergekit ignores "
-                                  "it in a model's parameters -- set it in the top-level parameters")
-            per_model = key in model_names or (key not in global_names and set_by_a_model)
-            for name, (si, t) in zip(tensors, placed):
-                shared = [slice_params[si], top]
-                if not per_model:
-                    value = _first(shared, key, name, t)
-                    if value is not None:
-                        per_tensor_global.setdefault(key, {})[name] = value
-                    continue
-                for j, s in enumerate(specialists):
-                    value = _first([s.params[si], *shared], key, name, t)
-                    if value is not None:
-                        per_tensor_model[j].setdefault(key, {})[name] = value
-        for key, per_tensor in per_tensor_global.items():
-            per_tensor_global[key] = _complete(per_tensor, tensors, method, key, f"{source}: parameters.{key}")
-        for s, m in zip(specialists, per_tensor_model):
-            for key, per_tensor in m.items():
-                m[key] = _complete(per_tensor, tensors, method, key, f"{source}: model {s.path}: {key}")
-        layout = _layout([*per_tensor_global.values(), *(v for m in per_tensor_model for v in m.values())],
-                         tensors, num_layers, source)
-        params = {k: _group_value(v, tensors, layout) for k, v in per_tensor_global.items()}
-        models = [{"name": n, "path": s.path,
-                   "parameters": {k: _group_value(v, tensors, layout) for k, v in per_tensor_model[j].items()}}
-                  for j, (n, s) in enumerate(zip(names, specialists))]
-        grouping = {"num_groups": layout.num_groups, "split_attn_mlp": layout.split}
-
-    if method.name in _BASE_OPTIONAL:
-        params["use_base"] = base is not None
-    dtype = data.get("out_dtype") or data.get("dtype") or "float32"
-    return dict(method=method.name, base=base, models=models, parameters=params, dtype=dtype, **grouping)
+    return params, models, grouping
 
 
 def _slices(slices: Sequence[Mapping[str, Any]], base: str | None, source: str):

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from automerge.errors import RecipeError
 from automerge.files import write_text as write_text_atomic
 from automerge.layers import LayerGrouping, is_block_norm, is_head_norm, layer_index
+from automerge.names import DTYPES
 
 GroupValue = Union[float, dict[str, float]]
 ParamValue = Union[bool, float, dict[str, float]]
@@ -46,7 +47,6 @@ _GROUP_KEY = re.compile(r"^(embed|head|attn|mlp|default|block\d+|block\d+\.(attn
 # Norm tensors may take their own value: a block's (split_attn_mlp only) blockN.attn.norm, mlp.norm, ...;
 # the final norm head.norm (apart from lm_head).
 _NORM_KEY = re.compile(r"^((block\d+\.)?(attn|mlp)|head)\.norm$")
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _check_group_keys(where: str, value: Any) -> None:
@@ -122,7 +122,7 @@ class Recipe(BaseModel):
     num_groups: int = Field(1, ge=1)
     split_attn_mlp: bool = False
     seed: int = 0
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Literal[DTYPES] = "float32"
 
     @field_validator("models")
     @classmethod
@@ -174,7 +174,7 @@ class Recipe(BaseModel):
                 f"recipe has num_groups={self.num_groups} but was checked with {grouping.num_groups}"
             )
         for group in groups:
-            params, per_model = self._resolve_group(group, lenient=grouping is None)
+            params, per_model = self.resolve_group(group, lenient=grouping is None)
             method.check_params(params, per_model)
 
     def _uses_base(self, method: Any) -> bool:
@@ -186,7 +186,9 @@ class Recipe(BaseModel):
             return False
         return self.parameters.get("use_base", True) is not False
 
-    def _resolve_group(self, group: str, *, lenient: bool = False) -> tuple[dict, list[dict]]:
+    def resolve_group(self, group: str, *, lenient: bool = False) -> tuple[dict, list[dict]]:
+        """(method parameters, per-model parameters) with every value resolved for one layer group;
+        ``lenient`` (no grouping known): a per-group mapping gives its first value."""
         def one(value: Any, where: str) -> Any:
             if lenient and isinstance(value, dict):
                 # Without a grouping, check every number the mapping holds: take the first.
@@ -202,7 +204,7 @@ class Recipe(BaseModel):
 
     def resolve(self, tensor_name: str, grouping: LayerGrouping) -> tuple[dict, list[dict]]:
         """Concrete global and per-model parameters for one tensor (defaults not filled)."""
-        return self._resolve_group(self.tensor_group(tensor_name, grouping))
+        return self.resolve_group(self.tensor_group(tensor_name, grouping))
 
     def _norm_keys(self) -> set[str]:
         values = list(self.parameters.values()) + [v for m in self.models for v in m.parameters.values()]
@@ -353,10 +355,6 @@ class Recipe(BaseModel):
 
 def is_mergekit_config(data: Mapping[str, Any]) -> bool:
     return "merge_method" in data
-
-
-def load_recipe(path: str | Path) -> Recipe:
-    return Recipe.load(path)
 
 
 def _parse_yaml(text: str, source: str) -> dict:

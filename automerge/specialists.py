@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from automerge.checkpoints import _DTYPES, Checkpoint, _names_list, resolve_model_path
+from automerge.checkpoints import SAFETENSORS_DTYPES, Checkpoint, names_list, resolve_model_path
 from automerge.errors import CheckpointError
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin")
@@ -33,7 +33,7 @@ ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Keys a state dict may hold that are no weights of the base (recomputed buffers).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".masked_bias", ".attn.bias")
-_DTYPE_CODES = {v: k for k, v in _DTYPES.items()}
+_DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 
 def is_state_dict_file(path: str | Path) -> bool:
@@ -109,7 +109,7 @@ def _tensor_dict(obj: object, file: Path) -> dict[str, torch.Tensor]:
                               "save one with torch.save(model.state_dict(), path)")
     bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{file}: entries {_names_list(bad)} are not tensors; a state dict maps names "
+        raise CheckpointError(f"{file}: entries {names_list(bad)} are not tensors; a state dict maps names "
                               "to tensors (save model.state_dict(), not a training checkpoint)")
     return {str(k): v for k, v in obj.items()}
 
@@ -152,9 +152,9 @@ class StateDictCheckpoint(Checkpoint):
         if unmatched or missing:
             parts = []
             if unmatched:
-                parts.append(f"{len(unmatched)} key(s) match no tensor of the base, e.g. {_names_list(unmatched, 3)}")
+                parts.append(f"{len(unmatched)} key(s) match no tensor of the base, e.g. {names_list(unmatched, 3)}")
             if missing:
-                parts.append(f"{len(missing)} tensor(s) of the base are missing, e.g. {_names_list(missing, 3)}")
+                parts.append(f"{len(missing)} tensor(s) of the base are missing, e.g. {names_list(missing, 3)}")
             raise CheckpointError(
                 f"{file} does not hold the base {base.path}'s tensors: " + "; ".join(parts)
                 + " (prefixes module./_orig_mod. are stripped and model. added or removed to match); "
@@ -183,83 +183,15 @@ class LoraCheckpoint(Checkpoint):
     def load(cls, adapter_dir: Path, *, base: Checkpoint) -> "LoraCheckpoint":
         from safetensors.torch import load_file
 
-        config_file = adapter_dir / ADAPTER_CONFIG
-        try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"cannot read {config_file}: {e}") from None
-        kind = config.get("peft_type", "LORA")
-        if kind != "LORA":
-            raise CheckpointError(f"{config_file}: peft_type {kind!r} is not supported; only LoRA adapters "
-                                  "(peft_type LORA) have a task vector scale·B·A")
-        if config.get("use_dora"):
-            raise CheckpointError(f"{config_file}: DoRA adapters (use_dora) are not supported: their task "
-                                  "vector is not scale·B·A; merge it into the base (merge_and_unload) and pass "
-                                  "the merged model")
+        config = _adapter_config(adapter_dir)
         weights = next((adapter_dir / f for f in ADAPTER_WEIGHTS if (adapter_dir / f).is_file()), None)
         if weights is None:
             raise CheckpointError(f"{adapter_dir} has {ADAPTER_CONFIG} but no {' or '.join(ADAPTER_WEIGHTS)}")
         raw = load_file(str(weights)) if weights.suffix == ".safetensors" else \
             _tensor_dict(_safe_torch_load(weights), weights)
 
-        names = set(base.names)
-        pairs: dict[str, dict[str, torch.Tensor]] = {}  # base tensor name -> {"A": .., "B": ..}
-        full: dict[str, torch.Tensor] = {}  # modules_to_save / trained biases: whole tensors
-        module_of: dict[str, str] = {}
-        for key, t in raw.items():
-            k = key.removeprefix("base_model.model.")
-            m = re.match(r"^(?P<mod>.+)\.lora_(?P<emb>embedding_)?(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?"
-                         r"(?:\.weight)?$", k)
-            if m:
-                mod = m.group("mod")
-                name = _resolve_key(mod + ".weight", names)
-                if name not in names:
-                    raise CheckpointError(f"{weights}: LoRA module {mod!r} has no weight in the base {base.path} "
-                                          f"(looked for {mod}.weight); is this adapter for another base model?")
-                ab = ("E" if m.group("emb") else "") + m.group("ab")
-                pairs.setdefault(name, {})[ab] = t
-                module_of[name] = mod
-                continue
-            if "lora_magnitude_vector" in k:
-                raise CheckpointError(f"{weights}: holds DoRA magnitudes ({key}); DoRA adapters are not supported")
-            # whole tensors: modules_to_save, trained biases, and the embedding PEFT saves next to an
-            # embedding LoRA (base_layer; a resized vocabulary shows up as a shape mismatch below)
-            for marker in (".modules_to_save.default.", ".modules_to_save.", ".base_layer."):
-                k = k.replace(marker, ".")
-            name = _resolve_key(k, names)
-            if name not in names:
-                raise CheckpointError(f"{weights}: tensor {key!r} matches no tensor of the base {base.path}; "
-                                      "is this adapter for another base model?")
-            full[name] = t
-        if not pairs and not full:
-            raise CheckpointError(f"{weights} holds no LoRA weights (no lora_A / lora_B tensors)")
-
-        r_default = int(config.get("r", 8))
-        alpha_default = float(config.get("lora_alpha", r_default))
-        rank_pattern = config.get("rank_pattern") or {}
-        alpha_pattern = config.get("alpha_pattern") or {}
-        fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
-        factors: dict[str, tuple[torch.Tensor, torch.Tensor, float, bool]] = {}
-        for name, ab in pairs.items():
-            emb = "EA" in ab or "EB" in ab
-            a, b = (ab.get("EA"), ab.get("EB")) if emb else (ab.get("A"), ab.get("B"))
-            if a is None or b is None:
-                raise CheckpointError(f"{weights}: module {module_of[name]!r} has only one of lora_A / lora_B")
-            r = _pattern(rank_pattern, module_of[name], r_default)
-            alpha = float(_pattern(alpha_pattern, module_of[name], alpha_default))
-            if a.shape[0] != r and not emb:
-                r = a.shape[0]  # the tensors are the truth; PEFT saves rank_pattern for varied ranks
-            scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-            # Linear: W += scale·B@A. Embedding (lora_embedding_A [r, vocab], _B [dim, r]): W += scale·(B@A)ᵀ.
-            # fan_in_fan_out (GPT-2's Conv1D stores Wᵀ): W += scale·(B@A)ᵀ too.
-            transpose = emb or fan_in_fan_out
-            shape = base.shape(name)
-            got = (a.shape[1], b.shape[0]) if transpose else (b.shape[0], a.shape[1])
-            if tuple(got) != tuple(shape):
-                raise CheckpointError(f"{weights}: LoRA module {module_of[name]!r} makes a {list(got)} update "
-                                      f"but the base tensor {name!r} is {list(shape)}; is this adapter for "
-                                      "another base model?")
-            factors[name] = (a, b, scale, transpose)
+        pairs, full, module_of = _lora_tensors(raw, base, weights)
+        factors = _lora_factors(pairs, module_of, config, weights, base)
         for name, t in full.items():
             if tuple(t.shape) != base.shape(name):
                 raise CheckpointError(f"{weights}: tensor for {name!r} is {list(t.shape)} but the base's is "
@@ -304,3 +236,91 @@ def _pattern(pattern: dict, module: str, default: float) -> float:
         if re.match(rf"(.*\.)?{key}$", module):
             return value
     return default
+
+
+def _adapter_config(adapter_dir: Path) -> dict:
+    """The adapter's PEFT config; only plain LoRA (not DoRA, not other PEFT types) is accepted."""
+    config_file = adapter_dir / ADAPTER_CONFIG
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {config_file}: {e}") from None
+    kind = config.get("peft_type", "LORA")
+    if kind != "LORA":
+        raise CheckpointError(f"{config_file}: peft_type {kind!r} is not supported; only LoRA adapters "
+                              "(peft_type LORA) have a task vector scale·B·A")
+    if config.get("use_dora"):
+        raise CheckpointError(f"{config_file}: DoRA adapters (use_dora) are not supported: their task "
+                              "vector is not scale·B·A; merge it into the base (merge_and_unload) and pass "
+                              "the merged model")
+    return config
+
+
+def _lora_tensors(raw: dict, base: Checkpoint, weights: Path):
+    """(lora factors by base tensor name {"A"/"B"/"EA"/"EB": tensor}, whole tensors by name, module
+    of each factored name): the adapter's keys matched to the base's tensors."""
+    names = set(base.names)
+    pairs: dict[str, dict[str, torch.Tensor]] = {}  # base tensor name -> {"A": .., "B": ..}
+    full: dict[str, torch.Tensor] = {}  # modules_to_save / trained biases: whole tensors
+    module_of: dict[str, str] = {}
+    for key, t in raw.items():
+        k = key.removeprefix("base_model.model.")
+        m = re.match(r"^(?P<mod>.+)\.lora_(?P<emb>embedding_)?(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?"
+                     r"(?:\.weight)?$", k)
+        if m:
+            mod = m.group("mod")
+            name = _resolve_key(mod + ".weight", names)
+            if name not in names:
+                raise CheckpointError(f"{weights}: LoRA module {mod!r} has no weight in the base {base.path} "
+                                      f"(looked for {mod}.weight); is this adapter for another base model?")
+            ab = ("E" if m.group("emb") else "") + m.group("ab")
+            pairs.setdefault(name, {})[ab] = t
+            module_of[name] = mod
+            continue
+        if "lora_magnitude_vector" in k:
+            raise CheckpointError(f"{weights}: holds DoRA magnitudes ({key}); DoRA adapters are not supported")
+        # whole tensors: modules_to_save, trained biases, and the embedding PEFT saves next to an
+        # embedding LoRA (base_layer; a resized vocabulary shows up as a shape mismatch below)
+        for marker in (".modules_to_save.default.", ".modules_to_save.", ".base_layer."):
+            k = k.replace(marker, ".")
+        name = _resolve_key(k, names)
+        if name not in names:
+            raise CheckpointError(f"{weights}: tensor {key!r} matches no tensor of the base {base.path}; "
+                                  "is this adapter for another base model?")
+        full[name] = t
+    if not pairs and not full:
+        raise CheckpointError(f"{weights} holds no LoRA weights (no lora_A / lora_B tensors)")
+
+    return pairs, full, module_of
+
+
+def _lora_factors(pairs: dict, module_of: dict, config: dict, weights: Path, base: Checkpoint) -> dict:
+    """(A, B, scale, transpose) per base tensor: the update is scale·B@A (transposed for embeddings
+    and fan_in_fan_out layers), with PEFT's rank / alpha patterns and rsLoRA."""
+    r_default = int(config.get("r", 8))
+    alpha_default = float(config.get("lora_alpha", r_default))
+    rank_pattern = config.get("rank_pattern") or {}
+    alpha_pattern = config.get("alpha_pattern") or {}
+    fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor, float, bool]] = {}
+    for name, ab in pairs.items():
+        emb = "EA" in ab or "EB" in ab
+        a, b = (ab.get("EA"), ab.get("EB")) if emb else (ab.get("A"), ab.get("B"))
+        if a is None or b is None:
+            raise CheckpointError(f"{weights}: module {module_of[name]!r} has only one of lora_A / lora_B")
+        r = _pattern(rank_pattern, module_of[name], r_default)
+        alpha = float(_pattern(alpha_pattern, module_of[name], alpha_default))
+        if a.shape[0] != r and not emb:
+            r = a.shape[0]  # the tensors are the truth; PEFT saves rank_pattern for varied ranks
+        scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+        # Linear: W += scale·B@A. Embedding (lora_embedding_A [r, vocab], _B [dim, r]): W += scale·(B@A)ᵀ.
+        # fan_in_fan_out (GPT-2's Conv1D stores Wᵀ): W += scale·(B@A)ᵀ too.
+        transpose = emb or fan_in_fan_out
+        shape = base.shape(name)
+        got = (a.shape[1], b.shape[0]) if transpose else (b.shape[0], a.shape[1])
+        if tuple(got) != tuple(shape):
+            raise CheckpointError(f"{weights}: LoRA module {module_of[name]!r} makes a {list(got)} update "
+                                  f"but the base tensor {name!r} is {list(shape)}; is this adapter for "
+                                  "another base model?")
+        factors[name] = (a, b, scale, transpose)
+    return factors

@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from automerge.heal import HealError, heal, read_texts
+from automerge.errors import AutomergeError
+from automerge.heal import HealError, heal
+from automerge.jsonl import read_texts
 from tiny_models import _TEXT, read_tensors, save_tiny_model
 
 
@@ -43,9 +45,9 @@ def test_bad_input_fails_before_any_training(setup, tmp_path):
     root, model, data = setup
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"txt": "no"}\n')
-    with pytest.raises(HealError, match=r"bad.jsonl:2: expected an object with a \"text\""):
+    with pytest.raises(AutomergeError, match=r"bad.jsonl:2: expected an object with a \"text\""):
         read_texts(bad)
-    with pytest.raises(HealError, match="does not exist"):
+    with pytest.raises(AutomergeError, match="does not exist"):
         read_texts(tmp_path / "missing.jsonl")
     with pytest.raises(HealError, match="too few for two windows"):
         heal(model, ["tiny"], out=tmp_path / "o", steps=1, seq_len=32, device="cpu")

@@ -33,7 +33,7 @@ ALLOWED = {
 # top-level modules and packages of automerge -> their layer
 TOP_LEVEL = {
     "": "base",  # the package itself (__version__)
-    "errors": "base", "files": "base", "layers": "base", "_lazy": "base",
+    "errors": "base", "files": "base", "layers": "base", "_lazy": "base", "pysource": "base", "jsonl": "base", "names": "base",
     "spaces": "base",  # the shipped search spaces (data)
     "methods": "model", "checkpoints": "model", "recipe": "model", "mergekit_config": "model",
     "fisher": "model", "specialists": "model", "task_vectors": "model",

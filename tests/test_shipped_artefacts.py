@@ -81,7 +81,7 @@ def test_zoo_card_slice_remeasured():
     tok = PreTrainedTokenizerFast.from_pretrained(str(MODELS / "base"))
     model = card.load_model(MODELS / "base")
     eot, pad = tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|pad|>")
-    domains = {d: card.encode_domain(tok, card._read(ZOO / "data" / (card.TEXT_DOMAINS.get(d) or card.PAIR_DOMAINS[d])),
+    domains = {d: card.encode_domain(tok, card.read_jsonl(ZOO / "data" / (card.TEXT_DOMAINS.get(d) or card.PAIR_DOMAINS[d])),
                                      eot=eot, seq_len=model.config.max_position_embeddings,
                                      max_doc_tokens=shipped["max_doc_tokens"], pairs=d in card.PAIR_DOMAINS)
                for d in SLICE}

@@ -13,12 +13,12 @@ from importlib import import_module as _import_module
 # Imported on first use (PEP 562), so that `import automerge.eval.cli` (every `automerge` command
 # line) loads neither torch nor pandas: name -> the submodule that defines it.
 _LAZY = {
-    "Evaluator": "_evaluator", "TaskResult": "_evaluator", "aggregate": "_evaluator",
-    "available_tasks": "_evaluator",
+    "Evaluator": "_evaluator", "aggregate": "_evaluator", "available_tasks": "_evaluator",
     "retention_table": "_retention",
     "Sandbox": "_sandbox", "SandboxLimits": "_sandbox", "SandboxResult": "_sandbox", "sandbox_info": "_sandbox",
     "loglikelihood": "_scorer", "loglikelihood_rolling": "_scorer",
     "is_quality_holdout": "_split",
+    "Task": "_tasks", "TaskResult": "_tasks", "TASKS": "_tasks", "FAMILIES": "_tasks", "get_task": "_tasks",
     "FULL_TASKS": "_tasks", "PROXY_TASKS": "_tasks", "proxy_task_names": "_tasks",
 }
 

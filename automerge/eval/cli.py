@@ -109,51 +109,13 @@ def evaluate_models(
     progress=None,
 ):
     """Run the suite on base, specialists and models; returns (long DataFrame, results by label)."""
-    import torch
-
-    from . import _data_tasks
     from ._evaluator import Evaluator
     from ._retention import retention_table
-    from ._tasks import FULL_TASKS, PROXY_TASKS
 
-    if suite not in ("proxy", "full"):
-        raise EvalError(f"--suite must be 'proxy' or 'full', not {suite!r}")
-    task_list = list(tasks) if tasks else list(PROXY_TASKS) + (list(FULL_TASKS) if suite == "full" else [])
-    for t in task_list:                 # a bad data file fails before any model loads
-        if _data_tasks.is_data_task(t):
-            _data_tasks.load(t)
-    try:
-        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    except (RuntimeError, TypeError):
-        raise EvalError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
-    specialists = list(specialists or [])
-    entries: list[tuple[str, str, bool]] = []          # (label, path, is_plain_model)
-    if base:
-        entries.append(("base" if base == "zoo:base" else _label(base), base, False))
-    spec_domains: dict[str, str] = {}
-    for name, path, domain in specialists:
-        entries.append((name, path, False))
-        spec_domains[name] = domain
-    for m in models:
-        entries.append((_label(m), m, True))
-    if not entries:
-        raise EvalError("nothing to evaluate: give MODEL paths (or zoo:NAME), --base or --specialist")
-    by_path: dict[Path, str] = {}       # resolved path -> label evaluated
-    labels: dict[str, Path] = {}
-    plan: list[tuple[str, str, str | None]] = []   # (label, path, reuse results of label)
-    for label, path, plain in entries:
-        rp = _resolve(path).resolve()
-        if label in labels and labels[label] != rp:
-            raise EvalError(f"two models are labelled {label!r} ({labels[label]} and {rp}); rename a specialist")
-        if label in labels:
-            continue
-        if rp in by_path and plain:
-            continue                   # already in the table as base or specialist
-        labels[label] = rp
-        plan.append((label, path, by_path.get(rp)))
-        by_path.setdefault(rp, label)
+    task_list = _task_list(suite, tasks)
+    dev = _device(device)
+    entries, spec_domains = _entries(models, base, specialists or [])
+    plan = _plan(entries)
     ev = None
     results = {}
     for label, path, reuse in plan:
@@ -167,10 +129,70 @@ def evaluate_models(
             ev = Evaluator(tokenizer=tok, device=dev, batch_tokens=batch_tokens, data_dir=data_dir)
         results[label] = ev.run(model, task_list, limit=limit)
         del model
-    uniq = plan
-    base_label = uniq[0][0] if base else None
+    base_label = plan[0][0] if base else None
     df = retention_table(results, base=base_label, specialists=spec_domains)
     return df, results
+
+
+def _task_list(suite: str, tasks: list[str] | None) -> list[str]:
+    """The tasks to run: given, else the suite's; names and data files checked before any model loads."""
+    from . import _data_tasks
+    from ._tasks import FULL_TASKS, PROXY_TASKS
+
+    if suite not in ("proxy", "full"):
+        raise EvalError(f"--suite must be 'proxy' or 'full', not {suite!r}")
+    task_list = list(tasks) if tasks else list(PROXY_TASKS) + (list(FULL_TASKS) if suite == "full" else [])
+    for t in task_list:                 # a bad data file fails before any model loads
+        if _data_tasks.is_data_task(t):
+            _data_tasks.load(t)
+    return task_list
+
+
+def _device(device: str):
+    import torch
+
+    try:
+        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    except (RuntimeError, TypeError):
+        raise EvalError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def _entries(models: list[str], base: str | None, specialists: list[tuple[str, str, str]]):
+    """([(label, path, is_plain_model)] base first, then specialists, then models; {specialist: domain})."""
+    entries: list[tuple[str, str, bool]] = []
+    if base:
+        entries.append(("base" if base == "zoo:base" else _label(base), base, False))
+    spec_domains: dict[str, str] = {}
+    for name, path, domain in specialists:
+        entries.append((name, path, False))
+        spec_domains[name] = domain
+    for m in models:
+        entries.append((_label(m), m, True))
+    if not entries:
+        raise EvalError("nothing to evaluate: give MODEL paths (or zoo:NAME), --base or --specialist")
+    return entries, spec_domains
+
+
+def _plan(entries: list[tuple[str, str, bool]]) -> list[tuple[str, str, str | None]]:
+    """(label, path, label whose results it reuses): a model given twice is evaluated once."""
+    by_path: dict[Path, str] = {}       # resolved path -> label evaluated
+    labels: dict[str, Path] = {}
+    plan: list[tuple[str, str, str | None]] = []
+    for label, path, plain in entries:
+        rp = _resolve(path).resolve()
+        if label in labels and labels[label] != rp:
+            raise EvalError(f"two models are labelled {label!r} ({labels[label]} and {rp}); rename a specialist")
+        if label in labels:
+            continue
+        if rp in by_path and plain:
+            continue                   # already in the table as base or specialist
+        labels[label] = rp
+        plan.append((label, path, by_path.get(rp)))
+        by_path.setdefault(rp, label)
+    return plan
 
 
 def _fmt(v: float, pct: bool = False, signed: bool = False) -> str:
@@ -219,7 +241,7 @@ def print_table(df, console=None) -> None:
         t.add_row(*row)
     summ = domain_summary(df)
     for dom in dict.fromkeys(summ["domain"]):
-        row = [f"mean retention", dom, ""]
+        row = ["mean retention", dom, ""]
         for m in models:
             r = summ[(summ["model"] == m) & (summ["domain"] == dom)]
             row.append(_fmt(float(r["mean_retention"].iloc[0]), pct=True) if not r.empty else "")

@@ -118,7 +118,7 @@ def _per_tensor_values(recipe: Any, method: Any, names: list[str], grouping: Any
     """{(specialist or None, param): {tensor: value}} with the method's defaults filled in."""
     out: dict[tuple[str | None, str], dict[str, Any]] = {}
     for group in recipe.groups(grouping):
-        params, per_model = method.check_params(*recipe._resolve_group(group))
+        params, per_model = method.check_params(*recipe.resolve_group(group))
         tensors = [n for n in names if recipe.tensor_group(n, grouping) == group]
         for pname, value in params.items():
             for n in tensors:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from automerge.errors import AutomergeError
+from automerge.names import ZOO_MODELS
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 ZOO_DIR = Path(__file__).resolve().parent
 MODELS_DIR = ZOO_DIR / "models"
 DATA_DIR = ZOO_DIR / "data"
-MODEL_NAMES = ("base", "code", "lang", "tests", "mix")
+MODEL_NAMES = ZOO_MODELS
 SPECIALISTS = ("code", "lang", "tests")
 
 

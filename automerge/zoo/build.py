@@ -244,11 +244,8 @@ def build_zoo(*, size: Literal["full", "test"], out: Path, seed: int = 0, progre
 
 def _build_into(tmp: Path, corpus: C.Corpus, zp: ZooPlan, *, size: str, seed: int, pr: _Progress,
                 cache: Path | None = None) -> dict:
-    import torch
-
-    from automerge.zoo import card
     from automerge.zoo import tokenizer as T
-    from automerge.zoo.train import new_model, stream_loss, train_stage
+    from automerge.zoo.train import new_model
 
     # data
     t = pr.task("data", 1)
@@ -261,12 +258,7 @@ def _build_into(tmp: Path, corpus: C.Corpus, zp: ZooPlan, *, size: str, seed: in
     eot = raw_tok.token_to_id(T.EOT)
     pad = raw_tok.token_to_id(T.PAD)
     pr.update(t, 1, f"vocab {raw_tok.get_vocab_size()}, {sum(len(v) for v in streams.values()):,} training tokens")
-    need = zp.spec.seq_len + 2
-    for st in zp.stages:
-        for dom, w in st.mixture.items():
-            if w > 0 and (dom not in streams or len(streams[dom]) < need):
-                raise ZooError(f"not enough training text for domain {dom!r} (stage {st.name}); "
-                               "the standard library looks incomplete")
+    _check_streams(zp, streams)
 
     # models. Specialists start from the saved (fp16-rounded) base, so their task vectors are exactly
     # relative to the shipped base.
@@ -274,6 +266,39 @@ def _build_into(tmp: Path, corpus: C.Corpus, zp: ZooPlan, *, size: str, seed: in
     model = new_model(zp.spec, seed=seed, bos_id=eot, eos_id=eot, pad_id=pad)
     n_params = sum(p.numel() for p in model.parameters())
     keys = stage_keys(zp, size=size, seed=seed, tokenizer_json=raw_tok.to_str(), streams=streams)
+    _train_stages(model, zp, streams, hf_tok, models_dir, keys=keys, cache=cache, seed=seed, pr=pr)
+
+    # LoRA specialists on the saved base (automerge/zoo/lora.py): a stage after all the full models
+    from automerge.zoo.lora import build_adapters, lora_plan
+
+    mix = {st.name: st.mixture for st in zp.stages}
+    lora_summary = build_adapters(models_dir, streams, lora_plan(size, code_mix=mix["code"], lang_mix=mix["lang"]),
+                                  seed=seed, log=pr.log)
+    quick = _quick_losses(models_dir, corpus, hf_tok, eot, zp, pr)
+
+    (tmp / "data" / "DATA_CARD.md").write_text(_data_card(corpus, data_sizes, size), encoding="utf-8")
+    return _build_info(corpus, zp, size=size, seed=seed, n_params=n_params,
+                       tokenizer={"type": "byte-level BPE", "vocab_size": raw_tok.get_vocab_size(),
+                                  "special_tokens": {T.EOT: eot, T.PAD: pad}, "bos=eos": T.EOT,
+                                  "trained_on_chars": tok_chars},
+                       streams=streams, data_sizes=data_sizes, quick=quick, lora_summary=lora_summary)
+
+
+def _check_streams(zp: ZooPlan, streams: dict) -> None:
+    """Every domain a stage trains on has text for at least one window."""
+    need = zp.spec.seq_len + 2
+    for st in zp.stages:
+        for dom, w in st.mixture.items():
+            if w > 0 and (dom not in streams or len(streams[dom]) < need):
+                raise ZooError(f"not enough training text for domain {dom!r} (stage {st.name}); "
+                               "the standard library looks incomplete")
+
+
+def _train_stages(model, zp: ZooPlan, streams: dict, hf_tok, models_dir: Path, *, keys: dict,
+                  cache: Path | None, seed: int, pr: _Progress) -> None:
+    """Train (or take from the cache) and save every stage's model; specialists start from the
+    saved base's fp16-rounded weights."""
+    from automerge.zoo.train import train_stage
 
     def run(model, st: Stage, k: int) -> None:
         task = pr.task(st.name, st.steps(zp.spec.seq_len))
@@ -288,6 +313,7 @@ def _build_into(tmp: Path, corpus: C.Corpus, zp: ZooPlan, *, size: str, seed: in
         pr.log(f"{st.name}: {res['steps']} steps, {res['tokens']:,} tokens, train loss {res['final_loss']:.3f}, "
                f"{res['seconds']:.0f} s ({res['tokens'] / max(1e-9, res['seconds']) / 1000:.1f}k tok/s)")
 
+    base_state = None
     for k, st in enumerate(zp.stages):
         cached = cache / f"{st.name}-{keys[st.name]}" / "model.safetensors" if cache is not None else None
         if st.name != "base":
@@ -308,14 +334,13 @@ def _build_into(tmp: Path, corpus: C.Corpus, zp: ZooPlan, *, size: str, seed: in
         if st.name == "base":
             base_state = {n: v.detach().half().float() for n, v in model.state_dict().items()}
 
-    # LoRA specialists on the saved base (automerge/zoo/lora.py): a stage after all the full models
-    from automerge.zoo.lora import build_adapters, lora_plan
 
-    mix = {st.name: st.mixture for st in zp.stages}
-    lora_summary = build_adapters(models_dir, streams, lora_plan(size, code_mix=mix["code"], lang_mix=mix["lang"]),
-                                  seed=seed, log=pr.log)
+def _quick_losses(models_dir: Path, corpus: C.Corpus, hf_tok, eot: int, zp: ZooPlan,
+                  pr: _Progress) -> dict[str, dict[str, float]]:
+    """Held-out loss per model and domain of the saved (fp16) models, scored in fp32."""
+    from automerge.zoo import card
+    from automerge.zoo.train import stream_loss
 
-    # quick held-out losses of the saved (fp16) models, stored as fp32 for scoring
     t = pr.task("eval", len(MODEL_NAMES))
     quick: dict[str, dict[str, float]] = {}
     for i, name in enumerate(MODEL_NAMES):
@@ -325,15 +350,19 @@ def _build_into(tmp: Path, corpus: C.Corpus, zp: ZooPlan, *, size: str, seed: in
             ids = card.domain_stream(hf_tok, [r.text for r in corpus.heldout[dom]], eot, zp.eval_tokens)
             quick[name][dom] = round(stream_loss(m, ids, seq_len=zp.spec.seq_len), 4)
         pr.update(t, i + 1, name)
+    return quick
 
-    (tmp / "data" / "DATA_CARD.md").write_text(_data_card(corpus, data_sizes, size), encoding="utf-8")
+
+def _build_info(corpus: C.Corpus, zp: ZooPlan, *, size: str, seed: int, n_params: int, tokenizer: dict,
+                streams: dict, data_sizes: dict, quick: dict, lora_summary) -> dict:
+    """The build's record (zoo.json): versions, model, tokenizer, corpus, stages, losses."""
+    import torch
+
     train_tokens = {dom: int(len(s)) for dom, s in sorted(streams.items())}
     return {
         "size": size, "seed": seed, "versions": _versions(), "threads": torch.get_num_threads(),
         "model": asdict(zp.spec), "parameters": n_params,
-        "tokenizer": {"type": "byte-level BPE", "vocab_size": raw_tok.get_vocab_size(),
-                      "special_tokens": {T.EOT: eot, T.PAD: pad}, "bos=eos": T.EOT,
-                      "trained_on_chars": tok_chars},
+        "tokenizer": tokenizer,
         "corpus": {"info": corpus.info,
                    "train_documents": {k: len(v) for k, v in sorted(corpus.train.items())},
                    "train_chars": {k: sum(map(len, v)) for k, v in sorted(corpus.train.items())},

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from automerge.eval import is_quality_holdout
+from automerge.jsonl import read_jsonl
 
 TEXT_DOMAINS = {"code": "heldout/code.jsonl", "prose": "heldout/prose.jsonl",
                 "docstrings": "heldout/docstrings.jsonl", "tests": "heldout/tests.jsonl",
@@ -68,11 +69,6 @@ def domain_stream(tok, texts: Sequence[str], eot: int, max_tokens: int) -> torch
         if len(ids) > max_tokens + 1:
             break
     return torch.tensor(ids[: max_tokens + 1], dtype=torch.long)
-
-
-def _read(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def encode_domain(tok, records: list[dict], *, eot: int, seq_len: int, max_doc_tokens: int, pairs: bool):
@@ -168,7 +164,7 @@ def measure(zoo: Path, *, max_doc_tokens: int = 768, progress: bool = True, reus
     domains = {}
     for d in DOMAIN_ORDER:
         rel = TEXT_DOMAINS.get(d) or PAIR_DOMAINS[d]
-        recs = _read(data_dir / rel)
+        recs = read_jsonl(data_dir / rel)
         if d in QUALITY_HOLDOUT:
             recs = [r for r in recs if is_quality_holdout(r["source"])]
         domains[d] = encode_domain(tok, recs, eot=eot, seq_len=seq_len, max_doc_tokens=max_doc_tokens,

@@ -24,13 +24,14 @@ import json
 import re
 import sys
 import sysconfig
-import textwrap
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from automerge.jsonl import read_jsonl  # noqa: F401 - the zoo's reader of its data files
+from automerge.pysource import SUMMARY_MARK, function_blocks, one_line_summary, parse_module
+
 HELDOUT_MOD = 10  # about 1 file in 10 is held out
-SUMMARY_MARK = "# Summary:"
 MAX_FILE_BYTES = 120_000  # larger files are data tables or giant test suites: skipped everywhere
 
 # stdlib directories that hold no ordinary code (data, vendored wheels, test fixtures)
@@ -97,13 +98,6 @@ def _read_text(path: Path, max_bytes: int = MAX_FILE_BYTES) -> str | None:
     return text.replace("\r\n", "\n")
 
 
-def _parses(text: str) -> ast.Module | None:
-    try:
-        return ast.parse(text)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
-
-
 def stdlib_files(root: Path | None = None) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
     """(code, tests) as sorted lists of (source name "Lib/<rel>", path). Nothing is read yet."""
     root = root or stdlib_dir()
@@ -130,21 +124,16 @@ def load_code_records(files: Iterable[tuple[str, Path]], domain: str, max_bytes:
     out = []
     for source, path in files:
         text = _read_text(path, max_bytes)
-        if text is None or len(text.strip()) < 200 or _parses(text) is None:
+        if text is None or len(text.strip()) < 200 or parse_module(text) is None:
             continue
         out.append(Record(f"{domain}:{source}", source, text))
     return out
 
 
 # --------------------------------------------------------------------------------------- docstrings / pairs
-def _one_line_summary(doc: str) -> str:
-    para = doc.strip().split("\n\n")[0]
-    return " ".join(line.strip() for line in para.splitlines() if line.strip())
-
-
 def docstrings(text: str, tree: ast.Module | None = None) -> list[str]:
     """All docstrings of a module (module, classes, functions), cleaned, in source order."""
-    tree = tree or _parses(text)
+    tree = tree or parse_module(text)
     if tree is None:
         return []
     out = []
@@ -172,7 +161,7 @@ def bare_code(text: str, tree: ast.Module | None = None) -> str:
     import io
     import tokenize
 
-    tree = tree or _parses(text)
+    tree = tree or parse_module(text)
     if tree is None:
         return ""
     lines = text.split("\n")
@@ -234,35 +223,13 @@ def function_pairs(text: str, tree: ast.Module | None = None) -> list[FunctionPa
     * summarisation: prompt = header + body without the docstring lines + ``"# Summary:"``,
       target = ``" " + first paragraph of the cleaned docstring on one line + "\\n"``.
     """
-    tree = tree or _parses(text)
-    if tree is None:
-        return []
-    lines = text.splitlines(keepends=True)
     out = []
-    for node in ast.walk(tree):
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or len(node.body) < 2:
+    for fb in function_blocks(text, tree or parse_module(text)):
+        summary = one_line_summary(fb.docstring)
+        if not fb.doc or len(summary) < 10:
             continue
-        first = node.body[0]
-        if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-                and isinstance(first.value.value, str)):
-            continue
-        doc = ast.get_docstring(node, clean=True) or ""
-        summary = _one_line_summary(doc)
-        if len(summary) < 10 or first.lineno <= node.lineno or node.end_lineno is None:
-            continue
-        header = lines[node.lineno - 1:first.lineno - 1]
-        docl = lines[first.lineno - 1:first.end_lineno]
-        body = lines[first.end_lineno:node.end_lineno]
-        if not header or not body or not header[-1].rstrip().endswith(":"):
-            continue
-        if not docl[-1].rstrip().endswith(('"""', "'''")):
-            continue
-        indent = node.col_offset
-        block = header + docl + body
-        if any(l.strip() and not l.startswith(" " * indent) for l in block):
-            continue
-        ded = [l[indent:] if l.strip() else l.lstrip(" ") for l in block]
-        nh, nd = len(header), len(docl)
+        nh, nd = len(fb.header), len(fb.doc)
+        ded = fb.header + fb.doc + fb.body
         gen_prompt = "".join(ded[:nh + nd]).rstrip("\n")
         gen_target = "\n" + "".join(ded[nh + nd:])
         if not gen_target.endswith("\n"):
@@ -272,7 +239,8 @@ def function_pairs(text: str, tree: ast.Module | None = None) -> list[FunctionPa
             code_nodoc += "\n"
         if len(gen_prompt) > 1500 or not (20 <= len(gen_target) <= 2000) or len(code_nodoc) > 2500:
             continue
-        out.append(FunctionPair(node.name, gen_prompt, gen_target, code_nodoc + SUMMARY_MARK, " " + summary + "\n"))
+        out.append(FunctionPair(fb.node.name, gen_prompt, gen_target, code_nodoc + SUMMARY_MARK,
+                                " " + summary + "\n"))
     return out
 
 
@@ -319,6 +287,19 @@ def _inline(text: str) -> str:
     return text
 
 
+def _directive_text(name: str, arg: str) -> str | None:
+    """What a kept directive's own line becomes in prose (None: nothing)."""
+    if name in _VERSION_DIRECTIVES:
+        ver = arg.split()[0] if arg else ""
+        return _VERSION_DIRECTIVES[name].format(ver) + (" " + " ".join(arg.split()[1:]) if len(arg.split()) > 1 else "")
+    if name == "rubric" or name == "topic" or name == "admonition":
+        return arg or None
+    if arg and not name.startswith(("note", "warning", "seealso", "important", "tip", "caution",
+                                    "attention", "hint", "danger", "error", "impl-detail")):
+        return arg  # object description: keep the signature as one line
+    return None
+
+
 def clean_rst(rst: str) -> str:
     """reST (Python docs flavour) -> plain prose: markup, code and doctest blocks, tables dropped."""
     rst = re.sub(r" ?\\\n\s*", " ", rst.replace("\r\n", "\n"))  # backslash-continued signatures
@@ -350,15 +331,9 @@ def clean_rst(rst: str) -> str:
             if name in _SKIP_DIRECTIVES or name == "module" or name.startswith("auto"):
                 skip_indent = indent
                 continue
-            if name in _VERSION_DIRECTIVES:
-                ver = arg.split()[0] if arg else ""
-                out.append(_VERSION_DIRECTIVES[name].format(ver) + (" " + " ".join(arg.split()[1:]) if len(arg.split()) > 1 else ""))
-            elif name == "rubric" or name == "topic" or name == "admonition":
-                if arg:
-                    out.append(arg)
-            elif arg and not name.startswith(("note", "warning", "seealso", "important", "tip", "caution",
-                                               "attention", "hint", "danger", "error", "impl-detail")):
-                out.append(arg)  # object description: keep the signature as one line
+            kept = _directive_text(name, arg)
+            if kept is not None:
+                out.append(kept)
             in_options = True
             continue
         if _COMMENT_RE.match(line):  # comments, targets, footnotes, substitutions
@@ -517,7 +492,7 @@ def external_records(site: Path | None = None, *, max_code_bytes: int = 50_000, 
             text = _read_text(path)
             if text is None or len(text) > max_file_bytes or len(text) < 1500:
                 continue
-            tree = _parses(text)
+            tree = parse_module(text)
             if tree is None:
                 continue
             if used < max_code_bytes:
@@ -558,18 +533,26 @@ def write_jsonl(path: Path, records: Iterable[Record | Pair | dict]) -> int:
     return n
 
 
-def read_jsonl(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+def derived_train(code_records: Iterable[Record]) -> tuple[list[str], list[str], list[str]]:
+    """(docstring texts, summarisation texts, bare code texts) derived from training code records."""
+    docs, summ, bare = [], [], []
+    for r in code_records:
+        tree = parse_module(r.text)
+        ds = docstring_text(r.text, tree)
+        if ds:
+            docs.append(ds + "\n")
+        b = bare_code(r.text, tree)
+        if b.strip():
+            bare.append(b)
+        summ.extend(p.summarisation_text for p in function_pairs(r.text, tree))
+    return docs, summ, bare
 
 
 def derived_heldout(code_records: Iterable[Record]) -> tuple[list[Record], list[Pair], list[Pair]]:
     """(docstrings, generation pairs, summarisation pairs) derived from held-out code records."""
     docs, gen, summ = [], [], []
     for r in code_records:
-        tree = _parses(r.text)
+        tree = parse_module(r.text)
         ds = docstring_text(r.text, tree)
         if ds:
             docs.append(Record(f"docstrings:{r.source}", r.source, ds + "\n"))
@@ -638,16 +621,7 @@ def collect(size: str, *, doc_root: Path = Path("/usr/share/doc"), stdlib: Path 
     else:
         raise ValueError(f"size must be 'full' or 'test', not {size!r}")
 
-    docs_tr, summ_tr, bare_tr = [], [], []
-    for r in code_tr:
-        tree = _parses(r.text)
-        ds = docstring_text(r.text, tree)
-        if ds:
-            docs_tr.append(ds + "\n")
-        bare = bare_code(r.text, tree)
-        if bare.strip():
-            bare_tr.append(bare)
-        summ_tr.extend(p.summarisation_text for p in function_pairs(r.text, tree))
+    docs_tr, summ_tr, bare_tr = derived_train(code_tr)
     docs_ho, gen_ho, summ_ho = derived_heldout(code_ho)
     if size == "test":
         ext_code, ext_prose, prov = external_records(packages=("typer", "click"), max_code_bytes=12_000,

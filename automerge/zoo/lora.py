@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from automerge.names import ZOO_ADAPTERS
 from automerge.zoo.train import Stage
 
-LORA_NAMES = ("code-lora", "lang-lora")
+LORA_NAMES = ZOO_ADAPTERS
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 

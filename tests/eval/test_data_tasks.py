@@ -83,8 +83,8 @@ def test_data_task_subsets_are_nested_and_fixed(tiny, tmp_path):
                                          for it in items])
     task = f"data:{path}"
     a, b = Evaluator(tokenizer=tok, device="cpu"), Evaluator(tokenizer=tok, device="cpu")
-    order = [it["id"] for it in a._proxy(task).items]
-    assert order == [it["id"] for it in b._proxy(task).items]                   # the same for every run
+    order = [it["id"] for it in a.prepared(task).items]
+    assert order == [it["id"] for it in b.prepared(task).items]                   # the same for every run
     assert order == [it["id"] for it in _tasks.ordered(items, f"data:{path}", 0)]  # the shipped proxies' rule
     small = a.run(model, [task], limit=4)[task]
     # the first 4 of that order, alone in a file, score the same

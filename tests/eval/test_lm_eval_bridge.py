@@ -54,10 +54,10 @@ def test_bridge_as_proxy_nested_subsets_and_one_hflm(yaml_task, tiny):
     r4 = ev.run(model, [spec], limit=4)[spec]
     r8 = ev.run(model, [spec], limit=8)[spec]
     assert (r4.n, r8.n, r4.domain, r4.metric) == (4, 8, "code", "acc")
-    t = ev._lm_eval[spec]
+    t = ev.lm_eval_task(spec)
     order = t._order["automerge_prose_next_mc"]
     assert order[:4] == order[:8][:4] and len(order) == 12
-    assert ev._lm_eval[spec] is t                 # the task is built once
+    assert ev.lm_eval_task(spec) is t                 # the task is built once
 
 
 def test_generate_until_task_uses_one_hflm(tmp_path, tiny):

@@ -138,8 +138,8 @@ def test_no_proxy_or_full_evaluation_item_reads_the_quality_holdout(tiny):
     items of the full evaluation's summarisation task, come from files outside it."""
     held = _holdout_sources()
     ev = Evaluator(tokenizer=tiny[1], device="cpu")
-    read = {name: ev._proxy(name).items for name in PROXY_TASKS}
-    read["summarization"] = ev._proxy("code_summary_ll").items      # what the full task generates from
+    read = {name: ev.prepared(name).items for name in PROXY_TASKS}
+    read["summarization"] = ev.prepared("code_summary_ll").items      # what the full task generates from
     for name, items in read.items():
         leaked = sorted({it["source"] for it in items if it["source"] in held
                          or (name.startswith("ext_") and is_quality_holdout(it["source"]))})
@@ -179,14 +179,14 @@ def test_subsets_are_nested_and_stable(tiny):
     a = Evaluator(tokenizer=tok, device="cpu")
     b = Evaluator(tokenizer=tok, device="cpu")            # a second run, a fresh object
     for name in ("prose_next_mc", "code_body_ll"):
-        ids_a = [it["id"] for it in a._proxy(name).items]
-        ids_b = [it["id"] for it in b._proxy(name).items]
+        ids_a = [it["id"] for it in a.prepared(name).items]
+        ids_b = [it["id"] for it in b.prepared(name).items]
         assert ids_a == ids_b
         # rung r scores the first n_r items: every smaller rung is a prefix of the larger one
         rungs = [ids_a[:n] for n in (4, 16, 64)]
         assert rungs[0] == rungs[1][:4] and rungs[1] == rungs[2][:16]
     other = Evaluator(tokenizer=tok, device="cpu", seed=1)
-    assert [it["id"] for it in other._proxy("prose_ll").items] != [it["id"] for it in a._proxy("prose_ll").items]
+    assert [it["id"] for it in other.prepared("prose_ll").items] != [it["id"] for it in a.prepared("prose_ll").items]
 
 
 def test_pooled_plan_scores_exactly_the_first_items(evaluator, tiny):
