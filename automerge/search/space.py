@@ -28,7 +28,7 @@ File format (every key but base, specialists and objectives has a default)::
     rungs: {items: [16, 48], eta: 3}             # proxy items per rung; the top rung is full_evaluation
     full_evaluation: {tasks: [humaneval], limit: null}
     baselines: [specialists, uniform_linear, task_arithmetic, ties]
-    sampler: tpe                     # tpe | nsga2 | gp | random | cmaes (scalarised objectives)
+    sampler: tpe                     # a name in automerge.search.samplers.SAMPLERS: tpe | nsga2 | gp | random | cmaes
     seed: 0
     budget: {trials: 40, wall_time: 10m}
     device: auto
@@ -55,7 +55,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 
 from automerge.errors import AutomergeError, SpaceError
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random", "cmaes")
 BASELINE_KINDS = ("specialists", "uniform_linear", "task_arithmetic", "ties")
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
@@ -346,7 +345,7 @@ class SearchSpace(BaseModel):
     baselines: list[Literal["specialists", "uniform_linear", "task_arithmetic", "ties"]] = Field(
         default_factory=lambda: list(BASELINE_KINDS)
     )
-    sampler: Literal["tpe", "nsga2", "gp", "random", "cmaes"] = "tpe"
+    sampler: str = "tpe"  # a name in automerge.search.samplers.SAMPLERS
     seed: int = 0
     budget: Budget = Field(default_factory=Budget)
     device: str = "auto"
@@ -363,6 +362,15 @@ class SearchSpace(BaseModel):
     def _methods(cls, v: Any) -> Any:
         if isinstance(v, Mapping):
             return {k: _coerce_specs(spec or {}) for k, spec in v.items()}
+        return v
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: str) -> str:
+        from automerge.search.samplers import SAMPLERS
+
+        if v not in SAMPLERS:
+            raise ValueError(f"unknown sampler {v!r}; use one of {', '.join(SAMPLERS)}")
         return v
 
     @field_validator("specialists")
@@ -571,12 +579,16 @@ class SearchSpace(BaseModel):
                 if not any(p.per_model and p.name == pname for n in self.method_names for p in METHODS[n].params):
                     raise fail(f"specialists[{i}].parameters.{pname}", f"{pname!r} is not a per-specialist parameter "
                                                                        "of any listed method")
-        if self.sampler == "cmaes":
+        from automerge.search.samplers import SAMPLERS
+
+        needs = SAMPLERS[self.sampler].needs
+        if needs is not None:
             import importlib.util
 
-            if importlib.util.find_spec("cmaes") is None:
-                raise fail("sampler", "cmaes needs the `cmaes` package (pip install cmaes), or use tpe, nsga2, "
-                                      "gp or random")
+            if importlib.util.find_spec(needs) is None:
+                others = ", ".join(k.name for k in SAMPLERS.values() if k.needs is None)
+                raise fail("sampler", f"{self.sampler} needs the `{needs}` package (pip install {needs}), or use "
+                                      f"one of {others}")
         names = set(self.specialist_names)
         for i, r in enumerate(self.references):
             if r.name in names:

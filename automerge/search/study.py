@@ -29,6 +29,12 @@ Layout in the storage (SQLite file `results/<study>/study.db` by default, or any
 The names in this layout (rungs, kinds, attr keys) and the storage opening live in
 `automerge.study_format`, which the report reads the study with.
 
+Storages: a search runs on SQLite (``sqlite:///PATH``) or PostgreSQL (``postgresql://…``) only:
+the claims live in the same database as the trials and their exactly-once rule is the
+database's primary key, shared by every worker. `check_search_storage` refuses anything else
+(a JournalStorage file, in-memory SQLite, another database) before any work; the report also
+reads JournalStorage files (`automerge.study_format.open_storage`, read-only).
+
 SQLite: every transaction is BEGIN IMMEDIATE with a long busy timeout, so several processes on
 one machine can share the file safely (Optuna's own RDB code assumes row locks SQLite lacks).
 """
@@ -51,8 +57,8 @@ from automerge.errors import SpaceError
 from automerge.noise import items_from_attrs, objective_noise
 from automerge.search.scheduler import SEARCH, Result
 from automerge.search.space import SearchSpace
-from automerge.study_format import Attr, normalize_url, open_storage, retry as _retry, rung_name, rung_study_name, \
-    sqlite_setup as _sqlite_setup
+from automerge.study_format import Attr, normalize_url, open_storage, redact, retry as _retry, rung_name, \
+    rung_study_name, sqlite_setup as _sqlite_setup
 
 CLAIMS_TABLE = "automerge_claims"
 _meta = sa.MetaData()
@@ -72,6 +78,33 @@ claims_table = sa.Table(
 )
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
+
+
+# The storages a search runs on (see the module docstring): URL scheme -> what it is.
+SEARCH_STORAGES = {
+    "sqlite": "sqlite:///PATH/study.db (one machine; several workers share the file)",
+    "postgresql": "postgresql://USER@HOST[:PORT]/DATABASE (workers on several machines)",
+}
+
+
+def check_search_storage(url: str) -> None:
+    """Refuse a storage a search cannot run on, in one line naming the URL and the fix, before
+    anything is opened or written."""
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else None
+    if scheme == "postgres":
+        scheme = "postgresql"
+    fix = "use " + " or ".join(SEARCH_STORAGES.values())
+    if scheme is None:
+        raise SpaceError(f"storage {redact(url)} is a file path, not a database URL: a search needs a database "
+                         f"(a JournalStorage file can only be read, by automerge report); {fix}")
+    if scheme not in SEARCH_STORAGES:
+        raise SpaceError(f"storage {redact(url)}: a search runs on SQLite or PostgreSQL only (its claims table "
+                         f"needs one of them); {fix}")
+    if scheme == "sqlite":
+        path = url.split("://", 1)[1].split("?", 1)[0]
+        if path in ("", "/", "/:memory:") or not path.startswith("/"):
+            raise SpaceError(f"storage {redact(url)} names no SQLite file (in memory, nothing is kept and no other "
+                             f"worker can join); {fix}")
 
 
 def default_storage_url(study: str, results_dir: str | Path = "results") -> str:
@@ -218,6 +251,8 @@ class SearchStudy:
     def __init__(self, name: str, url: str, space: SearchSpace, storage: Any, claims: Claims):
         import optuna
 
+        from automerge.search.samplers import make_sampler
+
         self.name = name
         self.url = url
         self.space = space
@@ -237,8 +272,7 @@ class SearchStudy:
     def open(cls, name: str, url: str, space: SearchSpace | None = None) -> "SearchStudy":
         """Open a study, creating it from `space` if new. An existing study keeps its stored space;
         a given space must then agree with it (same fingerprint)."""
-        import optuna
-
+        check_search_storage(url)
         _quiet_optuna()
         storage = open_storage(url, read_only=False)
         claims = Claims(url)
@@ -392,32 +426,6 @@ def delete_search(name: str, url: str) -> None:
         claims.dispose()
     finally:
         storage.engine.dispose()
-
-
-def make_sampler(space: SearchSpace, slot: int = 0) -> Any:
-    """The rung-0 sampler named in the space, seeded for the `slot`-th sampled trial (samplers
-    read their history from the study; a per-slot seed keeps parallel workers from drawing the
-    same random start-up points and makes each slot's draw reproducible given the history)."""
-    import optuna
-
-    seed = (space.seed * 1_000_003 + slot) % 2**32
-    kind = space.sampler
-    if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                          n_startup_trials=10)
-    if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, (space.budget.trials or 50) // 4)))
-    if kind == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10)
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if kind == "cmaes":
-        from automerge.search.samplers import ScalarisedSampler
-
-        return ScalarisedSampler(optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=10,
-                                                              warn_independent_sampling=False),
-                                 weights=[o.weight for o in space.objectives], directions=space.directions)
-    raise SpaceError(f"sampler {kind!r}: use one of tpe, nsga2, gp, random, cmaes")
 
 
 def _quiet_optuna() -> None:

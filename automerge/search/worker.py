@@ -35,8 +35,8 @@ import numpy as np
 from automerge.errors import AutomergeError
 from automerge.noise import ITEMS_ATTR, ItemScores
 from automerge.search.scheduler import BASELINE, REFERENCE, SEARCH, Scheduler
-from automerge.search.study import DONE, FAILED, RUNNING, ClaimRow, SearchStudy, Snapshot, make_sampler, \
-    worker_alive, worker_id
+from automerge.search.samplers import make_sampler
+from automerge.search.study import DONE, FAILED, RUNNING, ClaimRow, SearchStudy, Snapshot, worker_alive, worker_id
 from automerge.study_format import Attr, rung_name
 
 # ------------------------------------------------------------------------------------------ runner

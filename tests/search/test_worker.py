@@ -142,61 +142,6 @@ def test_a_different_space_cannot_join_a_study(sqlite_url):
         SearchStudy.open("nope", sqlite_url, None)
 
 
-# the sampler each space name must give, and whether its model-based part proposes the later
-# trials as a joint (relative) sample (None: NSGA-II shows its evolution in its generation attrs)
-SAMPLERS = {"tpe": ("TPESampler", True), "nsga2": ("NSGAIISampler", None), "gp": ("GPSampler", True),
-            "random": ("RandomSampler", False), "cmaes": ("CmaEsSampler", True)}
-
-
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
-def test_every_sampler_runs(sqlite_url, sampler, monkeypatch):
-    """Every trial is asked of the sampler the space names, and past the start-up trials its
-    model-based part (relative sampling) proposes them: a sampler swapped for another, or
-    falling back to independent sampling, fails here."""
-    import automerge.search.worker as worker_mod
-
-    asked: list[str] = []
-    relative: list[int] = []  # trials whose parameters the sampler proposed jointly
-    real_make = worker_mod.make_sampler
-
-    def spy(space, slot=0):
-        s = real_make(space, slot=slot)
-        inner = getattr(s, "base", s)  # ScalarisedSampler wraps CMA-ES
-        asked.append(type(inner).__name__)
-        sample_relative = s.sample_relative
-
-        def counted(study, trial, search_space):
-            out = sample_relative(study, trial, search_space)
-            if out:
-                relative.append(trial.number)
-            return out
-
-        s.sample_relative = counted
-        return s
-
-    monkeypatch.setattr(worker_mod, "make_sampler", spy)
-    # past the samplers' 10 start-up trials, so the model-based part runs too
-    over = dict(sampler=sampler, budget={"trials": 14}, baselines=[], references=[], rungs={"items": [], "eta": 3})
-    if sampler == "cmaes":
-        over["methods"] = ["task_arithmetic"]
-    study = SearchStudy.open(f"smp-{sampler}", sqlite_url, make_space(**over))
-    stats = run(study)
-    assert stats.failed == 0 and stats.finished == 14
-    check_invariants(study, samples=14)
-    name, model_based = SAMPLERS[sampler]
-    assert asked == [name] * 14
-    if model_based:
-        assert relative and min(relative) >= 8 and len(relative) >= 3, relative  # after start-up, not before
-    elif model_based is False:
-        assert not relative
-    attrs = [t.system_attrs for t in study.trials(0)]
-    if sampler == "nsga2":  # Optuna records each trial's generation: 0 for the first population, then >= 1
-        gens = [a["NSGAIISampler:generation"] for a in sorted(attrs, key=lambda a: a["NSGAIISampler:generation"])]
-        assert gens[0] == 0 and gens[-1] >= 1, gens
-    if sampler == "cmaes":
-        assert any(k.startswith("cma:") for a in attrs for k in a)
-
-
 def test_trial_created_but_not_named_by_a_dead_worker_is_failed(sqlite_url):
     space = make_space(budget={"trials": 3}, baselines=[], references=[])
     study = SearchStudy.open("s7", sqlite_url, space)
