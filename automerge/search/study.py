@@ -22,7 +22,8 @@ Layout in the storage (SQLite file `results/<study>/study.db` by default, or any
   created, reason)``, primary key (study, rung, item): one row per unit of work, inserted by the
   worker that takes it — the database's uniqueness makes every claim exactly-once. ``item`` is
   ``s<i>`` (the i-th sampled trial), ``b:<label>`` (a baseline), ``ref:<name>`` (a reference
-  model) or ``p<n>`` (promotion of trial n of the rung below). ``state`` is running | done |
+  model), ``w:<hash>`` (a warm start) or ``p<n>`` (promotion of trial n of the rung below): the
+  work item kinds of `automerge.search.work`. ``state`` is running | done |
   failed; ``heartbeat`` (unix time) is refreshed while the work runs, so a dead worker's claims
   are found and re-run.
 
@@ -57,6 +58,7 @@ from automerge.errors import SpaceError
 from automerge.noise import items_from_attrs, objective_noise
 from automerge.search.scheduler import SEARCH, Result
 from automerge.search.space import SearchSpace
+from automerge.search.work import promotion_parent, sample_slot
 from automerge.study_format import Attr, normalize_url, open_storage, redact, retry as _retry, rung_name, \
     rung_study_name, sqlite_setup as _sqlite_setup
 
@@ -260,6 +262,7 @@ class SearchStudy:
         self.claims = claims
         self.num_rungs = space.num_rungs
         self._noise_cache: dict[tuple[int, int], tuple[Any, ...] | None] = {}  # finished trials never change
+        self._study_ids: dict[int, int] = {}
         self.rung_names = [rung_study_name(name, r, self.num_rungs) for r in range(self.num_rungs)]
         self.studies: list[optuna.Study] = []
         for r, sname in enumerate(self.rung_names):
@@ -311,6 +314,12 @@ class SearchStudy:
 
     # -- reading ---------------------------------------------------------------------------
 
+    def study_id(self, rung: int) -> int:
+        """The storage's id of a rung's Optuna study."""
+        if rung not in self._study_ids:
+            self._study_ids[rung] = self.storage.get_study_id_from_name(self.rung_names[rung])
+        return self._study_ids[rung]
+
     def trials(self, rung: int, states: Iterable[Any] | None = None) -> list[Any]:
         return _retry(lambda: self.studies[rung].get_trials(deepcopy=False,
                                                             states=tuple(states) if states else None),
@@ -361,13 +370,14 @@ class Snapshot:
         return {c.item for c in self.claims if c.rung == rung}
 
     def claimed_parents(self, rung: int) -> set[int]:
-        return {int(c.item[1:]) for c in self.claims if c.rung == rung and c.item.startswith("p")}
+        parents = {promotion_parent(c.item) for c in self.claims if c.rung == rung}
+        return {p for p in parents if p is not None}
 
     def running(self, rung: int | None = None) -> list[ClaimRow]:
         return [c for c in self.claims if c.state == RUNNING and (rung is None or c.rung == rung)]
 
     def samples_claimed(self) -> int:
-        return sum(1 for c in self.claims if c.rung == 0 and c.item.startswith("s"))
+        return sum(1 for c in self.claims if c.rung == 0 and sample_slot(c.item) is not None)
 
 
 def stored_space(storage: Any, name: str) -> SearchSpace | None:

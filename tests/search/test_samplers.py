@@ -9,7 +9,7 @@ import pytest
 from search_helpers import check_invariants, make_space
 from search_fakes import FakeRunner
 
-import automerge.search.worker as worker_mod
+import automerge.search.work as work_mod
 from automerge.errors import SpaceError
 from automerge.search.samplers import SAMPLERS, SamplerKind, make_sampler
 from automerge.search.study import SearchStudy
@@ -32,7 +32,7 @@ def _spy(monkeypatch) -> tuple[list[object], list[int]]:
     """Record the sampler each sampled trial was asked of, and the trials it proposed jointly."""
     asked: list[object] = []
     relative: list[int] = []
-    real = worker_mod.make_sampler
+    real = work_mod.make_sampler
 
     def spy(space, slot=0):
         s = real(space, slot=slot)
@@ -48,7 +48,7 @@ def _spy(monkeypatch) -> tuple[list[object], list[int]]:
         s.sample_relative = counted
         return s
 
-    monkeypatch.setattr(worker_mod, "make_sampler", spy)
+    monkeypatch.setattr(work_mod, "make_sampler", spy)
     return asked, relative
 
 

@@ -126,8 +126,8 @@ def test_live_claims_are_left_alone(sqlite_url):
     assert study.claims.claim("s5", 0, "s0", alive)
     w = Worker(study, FakeRunner(), poll_interval=0.05)
     work = w.next_work()
-    assert work.item == "s1"  # s0 belongs to a live worker
-    assert w._sweep(study.snapshot()) is None
+    assert work.key == "s1"  # s0 belongs to a live worker
+    assert w.recovery.sweep(study.snapshot(), w.fixed) is None
     rows = {c.item: c for c in study.claims.rows("s5")}
     assert rows["s0"].state == RUNNING and rows["s0"].worker == alive
 
@@ -183,13 +183,13 @@ def test_a_runner_that_cannot_load_models_aborts_and_releases_its_claim(sqlite_u
 def test_a_sampler_error_fails_the_trial_ask_created(sqlite_url, monkeypatch):
     import optuna
 
-    import automerge.search.worker as worker_mod
+    import automerge.search.work as work_mod
 
     class Bad(optuna.samplers.RandomSampler):
         def infer_relative_search_space(self, study, trial):
             raise ValueError("sampler exploded")
 
-    monkeypatch.setattr(worker_mod, "make_sampler", lambda space, slot=0: Bad())
+    monkeypatch.setattr(work_mod, "make_sampler", lambda space, slot=0: Bad())
     study = SearchStudy.open("s10", sqlite_url, make_space(budget={"trials": 3}, baselines=[], references=[]))
     events = []
     Worker(study, FakeRunner(), poll_interval=0.05, on_event=events.append).run()
