@@ -166,7 +166,8 @@ def run_search(
     """Run one worker of a search to its end. `runner` replaces the real engine + evaluator
     (tests); `check_models=False` skips opening the checkpoints (only with such a runner)."""
     from automerge.search.progress import Progress, front_table, summarize
-    from automerge.search.worker import EngineRunner, Worker
+    from automerge.search.runner import EngineRunner
+    from automerge.search.worker import Worker
 
     study, study_dir = prepare(opts, check_models=check_models)
     try:
@@ -265,7 +266,7 @@ def status(study_name: str | None, *, storage: str | None = None, results_dir: P
     check_search_storage(url)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise SpaceError(f"no study {name!r} at {url.removeprefix('sqlite:///')}; pass --storage URL?")
-    study = SearchStudy.open(name, url, None)
+    study = SearchStudy.open(name, url, None, read_only=True)  # no torch: `automerge status` answers at once
     try:
         snap = study.snapshot()
         s = summarize(snap, study.space.budget.trials)

@@ -121,7 +121,7 @@ def worker_id() -> str:
 class Claims:
     """The claims table: exactly-once work items with heartbeats (same database as the study)."""
 
-    def __init__(self, url: str, engine: sa.engine.Engine | None = None):
+    def __init__(self, url: str, engine: sa.engine.Engine | None = None, *, create: bool = True):
         url = normalize_url(url)
         if engine is None:
             if url.startswith("sqlite"):
@@ -130,7 +130,9 @@ class Claims:
             else:
                 engine = sa.create_engine(url, pool_pre_ping=True)
         self.engine = engine
-        _retry(lambda: _meta.create_all(self.engine, tables=[claims_table], checkfirst=True), what="create claims")
+        if create:
+            _retry(lambda: _meta.create_all(self.engine, tables=[claims_table], checkfirst=True),
+                   what="create claims")
 
     def claim(self, study: str, rung: int, item: str, worker: str) -> bool:
         """Insert the claim row; False if someone already holds (or finished) this item."""
@@ -272,23 +274,30 @@ class SearchStudy:
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, name: str, url: str, space: SearchSpace | None = None) -> "SearchStudy":
+    def open(cls, name: str, url: str, space: SearchSpace | None = None, *, read_only: bool = False) -> "SearchStudy":
         """Open a study, creating it from `space` if new. An existing study keeps its stored space;
-        a given space must then agree with it (same fingerprint)."""
+        a given space must then agree with it (same fingerprint).
+
+        read_only (`automerge status`): nothing is created, and the stored space is not checked
+        against the merge methods and tasks (it was when the study was made; that check imports
+        the evaluation stack), so the study is read without loading torch."""
         check_search_storage(url)
         _quiet_optuna()
-        storage = open_storage(url, read_only=False)
-        claims = Claims(url)
+        if read_only and space is not None:
+            raise ValueError("a study opened read-only is read with its stored space; give no space")
+        storage = open_storage(url, read_only=read_only)
+        claims = Claims(url, create=not read_only)
         try:
-            return cls._open(name, url, space, storage, claims)
+            return cls._open(name, url, space, storage, claims, check=not read_only)
         except BaseException:
             storage.engine.dispose()     # closed: SQLite leaves no -wal/-shm files beside the study
             claims.dispose()
             raise
 
     @classmethod
-    def _open(cls, name: str, url: str, space: SearchSpace | None, storage: Any, claims: Claims) -> "SearchStudy":
-        stored = stored_space(storage, name)
+    def _open(cls, name: str, url: str, space: SearchSpace | None, storage: Any, claims: Claims, *,
+              check: bool = True) -> "SearchStudy":
+        stored = stored_space(storage, name, check=check)
         if stored is None:
             if space is None:
                 raise SpaceError(f"no study {name!r} in {url}; give a search space file to start it")
@@ -380,8 +389,9 @@ class Snapshot:
         return sum(1 for c in self.claims if c.rung == 0 and sample_slot(c.item) is not None)
 
 
-def stored_space(storage: Any, name: str) -> SearchSpace | None:
-    """The resolved space a study was created with (None: no such study yet)."""
+def stored_space(storage: Any, name: str, *, check: bool = True) -> SearchSpace | None:
+    """The resolved space a study was created with (None: no such study yet); check=False: its
+    schema only, not the checks against methods and tasks (`SearchSpace.from_dict`)."""
     try:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
@@ -390,7 +400,7 @@ def stored_space(storage: Any, name: str) -> SearchSpace | None:
     if "space" not in attrs:
         return None
     try:
-        return SearchSpace.from_yaml(attrs["space"], source=f"space stored in study {name!r}")
+        return SearchSpace.from_yaml(attrs["space"], source=f"space stored in study {name!r}", check=check)
     except SpaceError as err:
         raise SpaceError(f"{err} (the study was made by another automerge version?)") from None
 

@@ -33,7 +33,6 @@ from automerge.errors import AutomergeError
 from automerge.noise import ITEMS_ATTR, ItemScores
 from automerge.search.recovery import FailureStreak, Recovery
 from automerge.search.runner import EngineRunner, Evaluation, Job, TrialRunner  # noqa: F401 - re-exported
-from automerge.search.samplers import make_sampler  # noqa: F401 - re-exported
 from automerge.search.scheduler import Scheduler
 from automerge.search.study import DONE, FAILED, RUNNING, SearchStudy, Snapshot, worker_id
 from automerge.search.work import NewTrial, Promotion, Sample, TrialMaker, WorkItem, fixed_items
