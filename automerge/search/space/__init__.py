@@ -3,7 +3,11 @@
     space = SearchSpace.load("search_spaces/demo.yaml")   # SpaceError names the YAML path of a bad field
     space.check_models()                                   # headers only: paths, architectures, layers
     recipe = space.suggest(trial)                          # conditional on the method
-    space.baseline_trials()                                   # the yardsticks enqueued before sampling
+    space.baseline_trials()                                # the yardsticks, evaluated before sampling
+
+The modules: `schema` (the sections' pydantic models), `validation` (the checks: static ones on
+load, `check_models` before a search), `suggestion` (trial → recipe), `baselines` (baselines
+and warm starts) and `search_space` (`SearchSpace`, which mixes those in). Import from here.
 
 File format (every key but base, specialists and objectives has a default)::
 
