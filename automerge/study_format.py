@@ -200,6 +200,7 @@ def _open_read_only(url: str) -> Any:
         path = Path(url.removeprefix("sqlite:///").split("?")[0])
         if not path.is_file():
             raise StudyNotFoundError(f"SQLite storage {path} does not exist; check --storage")
+    url = normalize_url(url)
     try:
         return optuna.storages.RDBStorage(url, skip_table_creation=True)
     except Exception as err:  # noqa: BLE001 - driver errors vary; the message names the URL

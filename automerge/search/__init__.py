@@ -22,7 +22,7 @@ _LAZY = {
     **dict.fromkeys(("Promotion", "Result", "Scheduler"), "scheduler"),
     "SearchSpace": "space",
     "SearchStudy": "study",  # optuna
-    "Worker": "worker", "EngineRunner": "worker",  # torch
+    "Worker": "worker", "EngineRunner": "runner",  # torch
     "run_search": "run",
 }
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, TextIO
 
 from automerge.errors import SpaceError
 from automerge.search.space import SearchSpace, parse_duration
-from automerge.search.study import SearchStudy, default_storage_url, stored_space
+from automerge.search.study import SearchStudy, check_search_storage, default_storage_url, stored_space
 from automerge.study_format import open_storage, redact
 
 DEMO_STUDY = "demo"
@@ -62,6 +62,8 @@ class SearchOutcome:
 
 def resolve(opts: SearchOptions) -> tuple[str, str, SearchSpace | None]:
     """(study name, storage URL, space given on the command line or the demo's)."""
+    if opts.storage is not None:
+        check_search_storage(opts.storage)  # before the space is read and checked
     space_path = opts.space
     if space_path is None and opts.study is None:
         space_path = demo_space_path()
@@ -75,6 +77,7 @@ def resolve(opts: SearchOptions) -> tuple[str, str, SearchSpace | None]:
         raise SpaceError(f"study name {name!r}: use letters, digits, '-', '_' and '.' (no '/' or ':')")
     url = opts.storage or (space.storage if space is not None and space.storage else None) \
         or default_storage_url(name, opts.results_dir)
+    check_search_storage(url)
     if space is None and url.startswith("sqlite:///"):
         db = Path(url.removeprefix("sqlite:///"))
         if not db.is_file():
@@ -163,7 +166,8 @@ def run_search(
     """Run one worker of a search to its end. `runner` replaces the real engine + evaluator
     (tests); `check_models=False` skips opening the checkpoints (only with such a runner)."""
     from automerge.search.progress import Progress, front_table, summarize
-    from automerge.search.worker import EngineRunner, Worker
+    from automerge.search.runner import EngineRunner
+    from automerge.search.worker import Worker
 
     study, study_dir = prepare(opts, check_models=check_models)
     try:
@@ -259,9 +263,10 @@ def status(study_name: str | None, *, storage: str | None = None, results_dir: P
 
     name = study_name or DEMO_STUDY
     url = storage or default_storage_url(name, results_dir)
+    check_search_storage(url)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise SpaceError(f"no study {name!r} at {url.removeprefix('sqlite:///')}; pass --storage URL?")
-    study = SearchStudy.open(name, url, None)
+    study = SearchStudy.open(name, url, None, read_only=True)  # no torch: `automerge status` answers at once
     try:
         snap = study.snapshot()
         s = summarize(snap, study.space.budget.trials)

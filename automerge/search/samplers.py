@@ -1,4 +1,9 @@
-"""Samplers that Optuna lacks for several objectives: CMA-ES on a weighted sum of the objectives.
+"""The samplers a search space can name (`SAMPLERS`), and the one Optuna lacks for several
+objectives: CMA-ES on a weighted sum of the objectives.
+
+A sampler is one `SamplerKind` entry in `SAMPLERS`: its name (the space's ``sampler:``), a factory
+``(space, seed) -> optuna sampler`` and the Optuna type it builds. Adding one is an entry here;
+tests/search/test_samplers.py builds and runs every entry.
 
 CMA-ES has no multi-objective mode. `ScalarisedSampler` shows it a single-objective view of the
 study (each COMPLETE trial's value = Σ wᵢ·sᵢ·vᵢ with sᵢ = +1 to maximise, −1 to minimise, and
@@ -9,12 +14,16 @@ CMA-ES only handles float/int parameters and a fixed search space: use it with o
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import optuna
 from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+if TYPE_CHECKING:
+    from automerge.search.space import SearchSpace
 
 
 class _ScalarView:
@@ -93,3 +102,59 @@ class ScalarisedSampler(BaseSampler):
 
     def reseed_rng(self) -> None:
         self.base.reseed_rng()
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+
+@dataclass(frozen=True)
+class SamplerKind:
+    """A sampler a space can name."""
+
+    name: str
+    build: Callable[["SearchSpace", int], BaseSampler]  # (space, seed) -> the rung-0 sampler
+    optuna_type: type[BaseSampler]  # what `build` gives (for a wrapper: the sampler it wraps)
+    help: str
+    needs: str | None = None  # a package it needs beyond optuna, checked when a space is loaded
+    fixed_space: bool = False  # float/int parameters of one method only (else it samples independently)
+
+
+def _tpe(space: "SearchSpace", seed: int) -> BaseSampler:
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                      n_startup_trials=10)
+
+
+def _nsga2(space: "SearchSpace", seed: int) -> BaseSampler:
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, (space.budget.trials or 50) // 4)))
+
+
+def _gp(space: "SearchSpace", seed: int) -> BaseSampler:
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10)
+
+
+def _random(space: "SearchSpace", seed: int) -> BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _cmaes(space: "SearchSpace", seed: int) -> BaseSampler:
+    return ScalarisedSampler(optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=10,
+                                                          warn_independent_sampling=False),
+                             weights=[o.weight for o in space.objectives], directions=space.directions)
+
+
+SAMPLERS: Mapping[str, SamplerKind] = {k.name: k for k in (
+    SamplerKind("tpe", _tpe, optuna.samplers.TPESampler, "multivariate TPE, grouped, constant liar (default)"),
+    SamplerKind("nsga2", _nsga2, optuna.samplers.NSGAIISampler, "NSGA-II, population budget/4 in [8, 50]"),
+    SamplerKind("gp", _gp, optuna.samplers.GPSampler, "Gaussian-process Bayesian optimisation"),
+    SamplerKind("random", _random, optuna.samplers.RandomSampler, "uniform random"),
+    SamplerKind("cmaes", _cmaes, optuna.samplers.CmaEsSampler, "CMA-ES on the weighted sum of the objectives "
+                "(objectives[].weight)", needs="cmaes", fixed_space=True),
+)}
+
+
+def make_sampler(space: "SearchSpace", slot: int = 0) -> BaseSampler:
+    """The rung-0 sampler named in the space, seeded for the `slot`-th sampled trial (samplers
+    read their history from the study; a per-slot seed keeps parallel workers from drawing the
+    same random start-up points and makes each slot's draw reproducible given the history)."""
+    seed = (space.seed * 1_000_003 + slot) % 2**32
+    return SAMPLERS[space.sampler].build(space, seed)

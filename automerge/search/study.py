@@ -22,12 +22,19 @@ Layout in the storage (SQLite file `results/<study>/study.db` by default, or any
   created, reason)``, primary key (study, rung, item): one row per unit of work, inserted by the
   worker that takes it — the database's uniqueness makes every claim exactly-once. ``item`` is
   ``s<i>`` (the i-th sampled trial), ``b:<label>`` (a baseline), ``ref:<name>`` (a reference
-  model) or ``p<n>`` (promotion of trial n of the rung below). ``state`` is running | done |
+  model), ``w:<hash>`` (a warm start) or ``p<n>`` (promotion of trial n of the rung below): the
+  work item kinds of `automerge.search.work`. ``state`` is running | done |
   failed; ``heartbeat`` (unix time) is refreshed while the work runs, so a dead worker's claims
   are found and re-run.
 
 The names in this layout (rungs, kinds, attr keys) and the storage opening live in
 `automerge.study_format`, which the report reads the study with.
+
+Storages: a search runs on SQLite (``sqlite:///PATH``) or PostgreSQL (``postgresql://…``) only:
+the claims live in the same database as the trials and their exactly-once rule is the
+database's primary key, shared by every worker. `check_search_storage` refuses anything else
+(a JournalStorage file, in-memory SQLite, another database) before any work; the report also
+reads JournalStorage files (`automerge.study_format.open_storage`, read-only).
 
 SQLite: every transaction is BEGIN IMMEDIATE with a long busy timeout, so several processes on
 one machine can share the file safely (Optuna's own RDB code assumes row locks SQLite lacks).
@@ -51,8 +58,9 @@ from automerge.errors import SpaceError
 from automerge.noise import items_from_attrs, objective_noise
 from automerge.search.scheduler import SEARCH, Result
 from automerge.search.space import SearchSpace
-from automerge.study_format import Attr, normalize_url, open_storage, retry as _retry, rung_name, rung_study_name, \
-    sqlite_setup as _sqlite_setup
+from automerge.search.work import promotion_parent, sample_slot
+from automerge.study_format import Attr, normalize_url, open_storage, redact, retry as _retry, rung_name, \
+    rung_study_name, sqlite_setup as _sqlite_setup
 
 CLAIMS_TABLE = "automerge_claims"
 _meta = sa.MetaData()
@@ -74,6 +82,33 @@ claims_table = sa.Table(
 RUNNING, DONE, FAILED = "running", "done", "failed"
 
 
+# The storages a search runs on (see the module docstring): URL scheme -> what it is.
+SEARCH_STORAGES = {
+    "sqlite": "sqlite:///PATH/study.db (one machine; several workers share the file)",
+    "postgresql": "postgresql://USER@HOST[:PORT]/DATABASE (workers on several machines)",
+}
+
+
+def check_search_storage(url: str) -> None:
+    """Refuse a storage a search cannot run on, in one line naming the URL and the fix, before
+    anything is opened or written."""
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else None
+    if scheme == "postgres":
+        scheme = "postgresql"
+    fix = "use " + " or ".join(SEARCH_STORAGES.values())
+    if scheme is None:
+        raise SpaceError(f"storage {redact(url)} is a file path, not a database URL: a search needs a database "
+                         f"(a JournalStorage file can only be read, by automerge report); {fix}")
+    if scheme not in SEARCH_STORAGES:
+        raise SpaceError(f"storage {redact(url)}: a search runs on SQLite or PostgreSQL only (its claims table "
+                         f"needs one of them); {fix}")
+    if scheme == "sqlite":
+        path = url.split("://", 1)[1].split("?", 1)[0]
+        if path in ("", "/", "/:memory:") or not path.startswith("/"):
+            raise SpaceError(f"storage {redact(url)} names no SQLite file (in memory, nothing is kept and no other "
+                             f"worker can join); {fix}")
+
+
 def default_storage_url(study: str, results_dir: str | Path = "results") -> str:
     path = (Path(results_dir) / study / "study.db").resolve()
     return f"sqlite:///{path}"
@@ -86,7 +121,7 @@ def worker_id() -> str:
 class Claims:
     """The claims table: exactly-once work items with heartbeats (same database as the study)."""
 
-    def __init__(self, url: str, engine: sa.engine.Engine | None = None):
+    def __init__(self, url: str, engine: sa.engine.Engine | None = None, *, create: bool = True):
         url = normalize_url(url)
         if engine is None:
             if url.startswith("sqlite"):
@@ -95,7 +130,9 @@ class Claims:
             else:
                 engine = sa.create_engine(url, pool_pre_ping=True)
         self.engine = engine
-        _retry(lambda: _meta.create_all(self.engine, tables=[claims_table], checkfirst=True), what="create claims")
+        if create:
+            _retry(lambda: _meta.create_all(self.engine, tables=[claims_table], checkfirst=True),
+                   what="create claims")
 
     def claim(self, study: str, rung: int, item: str, worker: str) -> bool:
         """Insert the claim row; False if someone already holds (or finished) this item."""
@@ -218,6 +255,8 @@ class SearchStudy:
     def __init__(self, name: str, url: str, space: SearchSpace, storage: Any, claims: Claims):
         import optuna
 
+        from automerge.search.samplers import make_sampler
+
         self.name = name
         self.url = url
         self.space = space
@@ -225,6 +264,7 @@ class SearchStudy:
         self.claims = claims
         self.num_rungs = space.num_rungs
         self._noise_cache: dict[tuple[int, int], tuple[Any, ...] | None] = {}  # finished trials never change
+        self._study_ids: dict[int, int] = {}
         self.rung_names = [rung_study_name(name, r, self.num_rungs) for r in range(self.num_rungs)]
         self.studies: list[optuna.Study] = []
         for r, sname in enumerate(self.rung_names):
@@ -234,24 +274,30 @@ class SearchStudy:
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, name: str, url: str, space: SearchSpace | None = None) -> "SearchStudy":
+    def open(cls, name: str, url: str, space: SearchSpace | None = None, *, read_only: bool = False) -> "SearchStudy":
         """Open a study, creating it from `space` if new. An existing study keeps its stored space;
-        a given space must then agree with it (same fingerprint)."""
-        import optuna
+        a given space must then agree with it (same fingerprint).
 
+        read_only (`automerge status`): nothing is created, and the stored space is not checked
+        against the merge methods and tasks (it was when the study was made; that check imports
+        the evaluation stack), so the study is read without loading torch."""
+        check_search_storage(url)
         _quiet_optuna()
-        storage = open_storage(url, read_only=False)
-        claims = Claims(url)
+        if read_only and space is not None:
+            raise ValueError("a study opened read-only is read with its stored space; give no space")
+        storage = open_storage(url, read_only=read_only)
+        claims = Claims(url, create=not read_only)
         try:
-            return cls._open(name, url, space, storage, claims)
+            return cls._open(name, url, space, storage, claims, check=not read_only)
         except BaseException:
             storage.engine.dispose()     # closed: SQLite leaves no -wal/-shm files beside the study
             claims.dispose()
             raise
 
     @classmethod
-    def _open(cls, name: str, url: str, space: SearchSpace | None, storage: Any, claims: Claims) -> "SearchStudy":
-        stored = stored_space(storage, name)
+    def _open(cls, name: str, url: str, space: SearchSpace | None, storage: Any, claims: Claims, *,
+              check: bool = True) -> "SearchStudy":
+        stored = stored_space(storage, name, check=check)
         if stored is None:
             if space is None:
                 raise SpaceError(f"no study {name!r} in {url}; give a search space file to start it")
@@ -276,6 +322,12 @@ class SearchStudy:
             self.claims.dispose()
 
     # -- reading ---------------------------------------------------------------------------
+
+    def study_id(self, rung: int) -> int:
+        """The storage's id of a rung's Optuna study."""
+        if rung not in self._study_ids:
+            self._study_ids[rung] = self.storage.get_study_id_from_name(self.rung_names[rung])
+        return self._study_ids[rung]
 
     def trials(self, rung: int, states: Iterable[Any] | None = None) -> list[Any]:
         return _retry(lambda: self.studies[rung].get_trials(deepcopy=False,
@@ -327,17 +379,19 @@ class Snapshot:
         return {c.item for c in self.claims if c.rung == rung}
 
     def claimed_parents(self, rung: int) -> set[int]:
-        return {int(c.item[1:]) for c in self.claims if c.rung == rung and c.item.startswith("p")}
+        parents = {promotion_parent(c.item) for c in self.claims if c.rung == rung}
+        return {p for p in parents if p is not None}
 
     def running(self, rung: int | None = None) -> list[ClaimRow]:
         return [c for c in self.claims if c.state == RUNNING and (rung is None or c.rung == rung)]
 
     def samples_claimed(self) -> int:
-        return sum(1 for c in self.claims if c.rung == 0 and c.item.startswith("s"))
+        return sum(1 for c in self.claims if c.rung == 0 and sample_slot(c.item) is not None)
 
 
-def stored_space(storage: Any, name: str) -> SearchSpace | None:
-    """The resolved space a study was created with (None: no such study yet)."""
+def stored_space(storage: Any, name: str, *, check: bool = True) -> SearchSpace | None:
+    """The resolved space a study was created with (None: no such study yet); check=False: its
+    schema only, not the checks against methods and tasks (`SearchSpace.from_dict`)."""
     try:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
@@ -346,7 +400,7 @@ def stored_space(storage: Any, name: str) -> SearchSpace | None:
     if "space" not in attrs:
         return None
     try:
-        return SearchSpace.from_yaml(attrs["space"], source=f"space stored in study {name!r}")
+        return SearchSpace.from_yaml(attrs["space"], source=f"space stored in study {name!r}", check=check)
     except SpaceError as err:
         raise SpaceError(f"{err} (the study was made by another automerge version?)") from None
 
@@ -392,32 +446,6 @@ def delete_search(name: str, url: str) -> None:
         claims.dispose()
     finally:
         storage.engine.dispose()
-
-
-def make_sampler(space: SearchSpace, slot: int = 0) -> Any:
-    """The rung-0 sampler named in the space, seeded for the `slot`-th sampled trial (samplers
-    read their history from the study; a per-slot seed keeps parallel workers from drawing the
-    same random start-up points and makes each slot's draw reproducible given the history)."""
-    import optuna
-
-    seed = (space.seed * 1_000_003 + slot) % 2**32
-    kind = space.sampler
-    if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                          n_startup_trials=10)
-    if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, (space.budget.trials or 50) // 4)))
-    if kind == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10)
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if kind == "cmaes":
-        from automerge.search.samplers import ScalarisedSampler
-
-        return ScalarisedSampler(optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=10,
-                                                              warn_independent_sampling=False),
-                                 weights=[o.weight for o in space.objectives], directions=space.directions)
-    raise SpaceError(f"sampler {kind!r}: use one of tpe, nsga2, gp, random, cmaes")
 
 
 def _quiet_optuna() -> None:

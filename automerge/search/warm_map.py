@@ -28,7 +28,7 @@ def warm_start_params(space: Any, recipe: Any, path: Path | str) -> dict[str, An
     from automerge.checkpoints import Checkpoint, resolve_model_path
     from automerge.layers import LayerGrouping, is_block_norm, layer_index
     from automerge.methods import get_method
-    from automerge.search.space import Choice, Range, _spec_contains, group_names
+    from automerge.search.space import Choice, Range, spec_contains, group_names
 
     method = get_method(recipe.method)
     if recipe.method not in space.method_names:
@@ -83,7 +83,7 @@ def warm_start_params(space: Any, recipe: Any, path: Path | str) -> dict[str, An
         name = f"{recipe.method}.{pname}" + (f".{owner}" if owner else "")
         if grouped(owner, pname):
             for key in keys:
-                if not _spec_contains(spec, by_key[key]):
+                if not spec_contains(spec, by_key[key]):
                     return None
                 params[f"{name}[{key}]"] = by_key[key]
             continue
@@ -91,7 +91,7 @@ def warm_start_params(space: Any, recipe: Any, path: Path | str) -> dict[str, An
         if len(distinct) != 1:
             return None
         (want,) = distinct
-        if isinstance(spec, (Range, Choice)) and _spec_contains(spec, want):
+        if isinstance(spec, (Range, Choice)) and spec_contains(spec, want):
             params[name] = want
         elif _fixed(spec, p.default) != want:
             return None

@@ -23,8 +23,8 @@ HERE = Path(__file__).parent
 
 def _worker(url: str, name: str, space: Path, log: Path, *hold: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, str(HERE / "kill_worker_main.py"), url, name, str(space),
-                             "--delay", "0.3", "--stale-after", "4", *hold],
+    return subprocess.Popen([sys.executable, str(HERE / "worker_main.py"), url, name, str(space),
+                             "--delay", "0.3", "--stale-after", "4", "--heartbeat", "0.5", *hold],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True, env=env)
 
 

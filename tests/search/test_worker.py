@@ -126,8 +126,8 @@ def test_live_claims_are_left_alone(sqlite_url):
     assert study.claims.claim("s5", 0, "s0", alive)
     w = Worker(study, FakeRunner(), poll_interval=0.05)
     work = w.next_work()
-    assert work.item == "s1"  # s0 belongs to a live worker
-    assert w._sweep(study.snapshot()) is None
+    assert work.key == "s1"  # s0 belongs to a live worker
+    assert w.recovery.sweep(study.snapshot(), w.fixed) is None
     rows = {c.item: c for c in study.claims.rows("s5")}
     assert rows["s0"].state == RUNNING and rows["s0"].worker == alive
 
@@ -140,61 +140,6 @@ def test_a_different_space_cannot_join_a_study(sqlite_url):
     SearchStudy.open("s6", sqlite_url, make_space(budget={"trials": 99}, device="cuda")).close()
     with pytest.raises(SpaceError, match="no study"):
         SearchStudy.open("nope", sqlite_url, None)
-
-
-# the sampler each space name must give, and whether its model-based part proposes the later
-# trials as a joint (relative) sample (None: NSGA-II shows its evolution in its generation attrs)
-SAMPLERS = {"tpe": ("TPESampler", True), "nsga2": ("NSGAIISampler", None), "gp": ("GPSampler", True),
-            "random": ("RandomSampler", False), "cmaes": ("CmaEsSampler", True)}
-
-
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
-def test_every_sampler_runs(sqlite_url, sampler, monkeypatch):
-    """Every trial is asked of the sampler the space names, and past the start-up trials its
-    model-based part (relative sampling) proposes them: a sampler swapped for another, or
-    falling back to independent sampling, fails here."""
-    import automerge.search.worker as worker_mod
-
-    asked: list[str] = []
-    relative: list[int] = []  # trials whose parameters the sampler proposed jointly
-    real_make = worker_mod.make_sampler
-
-    def spy(space, slot=0):
-        s = real_make(space, slot=slot)
-        inner = getattr(s, "base", s)  # ScalarisedSampler wraps CMA-ES
-        asked.append(type(inner).__name__)
-        sample_relative = s.sample_relative
-
-        def counted(study, trial, search_space):
-            out = sample_relative(study, trial, search_space)
-            if out:
-                relative.append(trial.number)
-            return out
-
-        s.sample_relative = counted
-        return s
-
-    monkeypatch.setattr(worker_mod, "make_sampler", spy)
-    # past the samplers' 10 start-up trials, so the model-based part runs too
-    over = dict(sampler=sampler, budget={"trials": 14}, baselines=[], references=[], rungs={"items": [], "eta": 3})
-    if sampler == "cmaes":
-        over["methods"] = ["task_arithmetic"]
-    study = SearchStudy.open(f"smp-{sampler}", sqlite_url, make_space(**over))
-    stats = run(study)
-    assert stats.failed == 0 and stats.finished == 14
-    check_invariants(study, samples=14)
-    name, model_based = SAMPLERS[sampler]
-    assert asked == [name] * 14
-    if model_based:
-        assert relative and min(relative) >= 8 and len(relative) >= 3, relative  # after start-up, not before
-    elif model_based is False:
-        assert not relative
-    attrs = [t.system_attrs for t in study.trials(0)]
-    if sampler == "nsga2":  # Optuna records each trial's generation: 0 for the first population, then >= 1
-        gens = [a["NSGAIISampler:generation"] for a in sorted(attrs, key=lambda a: a["NSGAIISampler:generation"])]
-        assert gens[0] == 0 and gens[-1] >= 1, gens
-    if sampler == "cmaes":
-        assert any(k.startswith("cma:") for a in attrs for k in a)
 
 
 def test_trial_created_but_not_named_by_a_dead_worker_is_failed(sqlite_url):
@@ -238,13 +183,13 @@ def test_a_runner_that_cannot_load_models_aborts_and_releases_its_claim(sqlite_u
 def test_a_sampler_error_fails_the_trial_ask_created(sqlite_url, monkeypatch):
     import optuna
 
-    import automerge.search.worker as worker_mod
+    import automerge.search.work as work_mod
 
     class Bad(optuna.samplers.RandomSampler):
         def infer_relative_search_space(self, study, trial):
             raise ValueError("sampler exploded")
 
-    monkeypatch.setattr(worker_mod, "make_sampler", lambda space, slot=0: Bad())
+    monkeypatch.setattr(work_mod, "make_sampler", lambda space, slot=0: Bad())
     study = SearchStudy.open("s10", sqlite_url, make_space(budget={"trials": 3}, baselines=[], references=[]))
     events = []
     Worker(study, FakeRunner(), poll_interval=0.05, on_event=events.append).run()
