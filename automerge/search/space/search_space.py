@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from automerge.errors import SpaceError
+from automerge.names import DTYPES
 from automerge.search.space.baselines import Baselines
 from automerge.search.space.schema import BASELINE_KINDS, Budget, FullEvaluation, LayerGroups, Objective, ParamSpec, \
     Reference, Rungs, Specialist, _coerce_specs, _default_parameters, _yaml_path, yaml_problem
@@ -40,7 +41,7 @@ class SearchSpace(SpaceChecks, Suggestion, Baselines, BaseModel):
     seed: int = 0
     budget: Budget = Field(default_factory=Budget)
     device: str = "auto"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Literal[DTYPES] = "float32"
     storage: str | None = None
 
     @field_validator("parameters", mode="before")
