@@ -186,16 +186,23 @@ class StreamedMerge:
                 and all(type(c) is Checkpoint for c in (self.base, *self.specialists)))
 
     def _thresholds(self, name: str, per_model: list[dict]) -> list[float | None]:
-        """TIES's exact |d_i| threshold per specialist, one whole task vector at a time."""
+        """TIES's exact |d_i| threshold per specialist: one whole fp32 task vector at a time, built
+        from blocks of rows (no full-size base or specialist copy beside it)."""
         out = []
-        base = None
+        shape = self.base.shape(name)
+        step = max(1, BLOCK_ELEMENTS // max(_numel(shape[1:]), 1))
         for ckpt, pm in zip(self.specialists, per_model):
             density = float(pm.get("density", 1.0))
             if density >= 1:
                 out.append(None)
                 continue
-            base = base if base is not None else self.base.read(name, dtype=torch.float32, device=self.device)
-            out.append(magnitude_threshold(task_vector(ckpt, name, base), density))
+            d = torch.empty(shape, dtype=torch.float32, device=self.device)
+            for a in range(0, shape[0], step):
+                b = min(shape[0], a + step)
+                torch.sub(_read_rows(ckpt, name, a, b, self.device), _read_rows(self.base, name, a, b, self.device),
+                          out=d[a:b])
+            out.append(magnitude_threshold(d, density))
+            del d
         return out
 
 
