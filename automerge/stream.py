@@ -3,13 +3,13 @@
     merge_to_dir(recipe, "out/merged", dtype="bfloat16")       # a HF model directory, all or nothing
 
 `StreamedMerge` opens the base and the specialists (headers only), validates the recipe for every
-tensor, then per tensor reads the base and each specialist (safetensors, only that tensor's
-bytes), computes the merge with the engine's own kernels (`engine.fused_merge` for linear, task
-arithmetic, TIES, DARE; the method's pure function for the rest), and writes the result at its
-place in an output shard whose header was laid out up front from the shapes. No live
-transformers model and no resident task vectors: memory holds one tensor's base, task vectors
-and result (linear, task arithmetic and TIES over plain checkpoints go in blocks of rows, so a
-large embedding never sits in fp32 k+2 times).
+tensor, then per tensor reads the base's and each specialist's bytes straight from the
+safetensors file into reused buffers, computes the merge with the engine's own kernels
+(`engine.fused_merge` for linear, task arithmetic, TIES, DARE; the method's pure function for the
+rest), and writes the result at its place in an output shard whose header was laid out up front
+from the shapes. No live transformers model and no resident task vectors: memory holds one
+tensor's base, task vectors and result; linear, task arithmetic and TIES go in blocks of rows
+(TIES first builds each whole fp32 task vector once, for its exact threshold).
 
 The bytes equal `ResidentMerger.save` (tested for every streamed method): the same fp32
 arithmetic, the same exact per-tensor thresholds (`methods.magnitude_threshold`, selection, no
