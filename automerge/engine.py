@@ -184,7 +184,7 @@ class ResidentMerger:
             for idx, t in enumerate(self.tensors):
                 params, per_model = resolved[recipe.tensor_group(t.name, grouping)]
                 per_model = [per_model[j] for j in order]
-                if _fusable(method.name, params):
+                if fusable(method.name, params):
                     self._fused(idx, t, method.name, params, per_model)
                 else:
                     self._reference(idx, t, method, params, per_model, fisher)
@@ -354,7 +354,7 @@ def fused_merge(
     """The hot methods as a few elementwise passes per cache-sized chunk, straight into `out`.
 
     out, base and rows (one task vector per specialist) are flat views of one tensor; `method`
-    passes `_fusable`. ties needs `thresholds` (the |d| threshold per specialist, None where
+    passes `fusable`. ties needs `thresholds` (the |d| threshold per specialist, None where
     density >= 1); dare_* needs `noise_rows` and, when rescaling, `l1_norms` (||d_i||_1).
     `scratch(k, size)` returns chunk-sized fp32 buffers.
 
@@ -473,7 +473,7 @@ class _Scratch:
     sign: torch.Tensor
 
 
-def _fusable(method: str, params: Mapping) -> bool:
+def fusable(method: str, params: Mapping) -> bool:
     """Whether the fused kernel covers this method with these (default-filled) parameters."""
     if method not in FUSED:
         return False

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from automerge.checkpoints import (
-    _DTYPES,
+    SAFETENSORS_DTYPES,
     Checkpoint,
     check_compatible,
     check_output_dir,
@@ -38,7 +38,7 @@ from automerge.checkpoints import (
     write_index,
     write_source_files,
 )
-from automerge.engine import DTYPES, ResidentMerger, _fusable, fused_merge, pick_device
+from automerge.engine import DTYPES, ResidentMerger, fusable, fused_merge, pick_device
 from automerge.errors import CheckpointError, RecipeError
 from automerge.files import staged_dir
 from automerge.methods import MergeMethod, get_method, magnitude_threshold, random_noise
@@ -53,7 +53,7 @@ RESIDENT = {
 # Linear, task arithmetic and TIES are elementwise once TIES's thresholds are known: tensors over
 # plain safetensors checkpoints go in blocks of rows of at most this many entries.
 BLOCK_ELEMENTS = 1 << 23
-_CODES = {v: k for k, v in _DTYPES.items()}
+_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 
 def resident_reason(method: str) -> str | None:
@@ -168,7 +168,7 @@ class StreamedMerge:
                 deltas[i] = task_vector(ckpt, name, base)  # LoRA: scale·B·A; a state dict
         noise = (random_noise(tuple(deltas.shape), seed=self.recipe.seed, tensor_name=name).to(self.device)
                  if self.method.random else None)
-        if _fusable(self.method.name, params):
+        if fusable(self.method.name, params):
             out = self._rows.fp32(1, n).view(shape)
             thresholds = l1_norms = None
             if self.method.name == "ties":
@@ -189,7 +189,7 @@ class StreamedMerge:
     def _blockwise(self, name: str, params: dict) -> bool:
         """linear / TA / TIES (elementwise once TIES's thresholds are known) over plain safetensors
         checkpoints of float tensors: merged in blocks of rows through reused buffers."""
-        return (self.method.name in ("linear", "task_arithmetic", "ties") and _fusable(self.method.name, params)
+        return (self.method.name in ("linear", "task_arithmetic", "ties") and fusable(self.method.name, params)
                 and len(self.base.shape(name)) >= 1
                 and all(type(c) is Checkpoint and c.dtype(name).is_floating_point
                         for c in (self.base, *self.specialists)))
