@@ -27,8 +27,11 @@ import torch
 from automerge.checkpoints import Checkpoint, check_compatible, resolve_model_path, save_checkpoint
 from automerge.errors import RecipeError
 from automerge.layers import LayerGrouping
+from automerge.methods import _compiled
 from automerge.methods import (
     HALF_DTYPES,
+    breadcrumbs_thresholds,
+    della_rank_norm,
     MergeMethod,
     get_method,
     half_magnitude_at,
@@ -136,6 +139,9 @@ class ResidentMerger:
         self._fisher: dict[str, torch.Tensor] | None = None
         self._fisher_files: list[Path] | None = None  # the files self._fisher was read from
         self._buffers: _Scratch | None = None
+        self._applies: dict[str, int] = {}  # method -> applies so far
+        self._bands: dict[tuple[int, int, float, float], tuple[float, float] | None] = {}
+        self._ranks: dict[int, torch.Tensor] = {}  # tensor idx -> DELLA rank norms [k, *shape]
 
     def _live_tensors(self) -> dict[str, torch.Tensor]:
         """Checkpoint tensor name -> the live model's tensor holding it.
@@ -179,10 +185,15 @@ class ResidentMerger:
         if method.random:
             self._ensure_noise(recipe.seed)
         fisher = self._ensure_fisher(recipe) if method.name == "fisher" else None
+        # Compiled from a method's second apply on: a one-off merge never pays the compile.
+        self._applies[method.name] = uses = self._applies.get(method.name, 0) + 1
         with torch.no_grad():
             for idx, t in enumerate(self.tensors):
                 params, per_model = resolved[recipe.tensor_group(t.name, grouping)]
                 per_model = [per_model[j] for j in order]
+                plan = _compiled.plan_for(method.name, len(order), params) if uses > 1 else None
+                if plan is not None and self._compiled_pass(idx, t, method.name, plan, params, per_model):
+                    continue
                 if _fusable(method.name, params):
                     self._fused(idx, t, method.name, params, per_model)
                 else:
@@ -424,6 +435,72 @@ class ResidentMerger:
                     total = sum(div_weights)
                     mixed.div_(1.0 if abs(total) < 1e-8 else total)
             torch.add(base[s:e], mixed, alpha=lam, out=out[s:e])
+
+    def _compiled_pass(self, idx: int, t: _Tensor, method: str, plan: _compiled.Plan, params: dict,
+                       per_model: list[dict]) -> bool:
+        """The method as one compiled pass (`methods._compiled`); False when compilation is off or
+        failed (said once), and the eager kernels run instead. Same rules as `_fused`."""
+        merge = _compiled.compiled(_compiled.merge_pass, plan, self.device)
+        if merge is None:
+            return False
+        k = plan.k
+        weights = [float(pm["weight"]) for pm in per_model]
+        densities = [float(pm.get("density", 1.0)) for pm in per_model]
+        lam, normalize = float(params.get("lambda", 1.0)), bool(params.get("normalize", False))
+        a, b, noise, rank = [0.0] * k, [0.0] * k, None, None
+        if plan.keep == _compiled.KEEP_MAGNITUDE:
+            a = [self._threshold(idx, t, i, d) if d < 1 else 0.0 for i, d in enumerate(densities)]
+        elif plan.keep == _compiled.KEEP_BAND:
+            for i, d in enumerate(densities):
+                band = (0.0, float("inf")) if d >= 1 else self._band(idx, t, i, d, float(per_model[i]["gamma"]))
+                a[i], b[i] = band or (float("inf"), 0.0)  # None: nothing kept
+        elif plan.keep in (_compiled.KEEP_NOISE, _compiled.KEEP_RANKED):
+            noise = self._noise_for(idx, t).view(k, -1)
+            a = list(densities)
+            if plan.keep == _compiled.KEEP_RANKED:
+                rank = self._rank_norms(idx, t).view(k, -1)
+                eps = [float(pm["epsilon"]) for pm in per_model]
+                a = [1.0 if d >= 1 else d - e for d, e in zip(densities, eps)]
+                b = [0.0 if d >= 1 else 2 * e for d, e in zip(densities, eps)]
+        out, base, deltas = t.param.view(-1), t.base.view(-1), t.deltas.view(k, -1)
+        div_weights, signs = list(weights), [1.0 if w > 0 else -1.0 for w in weights]
+        total = sum(weights)
+        if plan.combine == "linear":  # linear and task arithmetic: the eager kernel's coefficients
+            if method == "linear":
+                scale = 1.0 / total if normalize else 1.0
+                divisor, weights, lam = total * scale, [w * scale for w in weights], 1.0
+            else:
+                norm = total if normalize and abs(total) >= 1e-8 else 1.0
+                divisor, weights = 1.0, [w * lam / norm for w in weights]
+        else:
+            divisor = total if normalize and abs(total) >= 1e-8 else 1.0
+        try:
+            if params.get("rescale") and plan.keep != _compiled.KEEP_ALL:
+                s = _compiled.scalars(weights=weights, signs=signs, div_weights=div_weights, a=a, b=b, lam=lam,
+                                      divisor=divisor, device=self.device)
+                kept = _compiled.compiled(_compiled.kept_l1, plan, self.device)(deltas, noise, rank, s).tolist()
+                before = self._l1_norms(idx, t).tolist()
+                weights = [w * (bb / aa) if d < 1 and aa >= L1_EPS and bb >= L1_EPS else w
+                           for w, bb, aa, d in zip(weights, before, kept, densities)]
+            s = _compiled.scalars(weights=weights, signs=signs, div_weights=div_weights if normalize else [0.0] * k,
+                                  a=a, b=b, lam=lam, divisor=divisor, device=self.device)
+            merge(out, base, deltas, noise, rank, s)
+        except Exception as exc:  # noqa: BLE001 - a compiler failure shows on first use
+            _compiled.disable(exc, plan, self.device)
+            return False
+        return True
+
+    def _band(self, idx: int, t: _Tensor, i: int, density: float, gamma: float) -> tuple[float, float] | None:
+        key = (idx, i, density, gamma)
+        if key not in self._bands:
+            self._bands[key] = breadcrumbs_thresholds(t.deltas[i], density=density, gamma=gamma)
+        return self._bands[key]
+
+    def _rank_norms(self, idx: int, t: _Tensor) -> torch.Tensor:
+        ranks = self._ranks.get(idx)
+        if ranks is None:
+            ranks = self._ranks[idx] = torch.stack([della_rank_norm(d.float().abs()) for d in t.deltas])
+        return ranks
 
     def _scratch(self, k: int, size: int) -> "_Scratch":
         """Chunk-sized fp32 buffers reused by every tensor and trial (the bounded scratch)."""
