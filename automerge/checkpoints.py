@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from automerge.files import normal_modes
+from automerge.files import staged_dir
 from automerge.errors import CheckpointError, IncompatibleModelsError
 from automerge.layers import layer_index, num_hidden_layers
 
@@ -374,6 +373,17 @@ def save_checkpoint(
     `tensors` is consumed once, streaming: at most one shard is held in CPU memory.
     """
     out_dir = Path(out_dir).expanduser()
+    check_output_dir(out_dir, source=source, overwrite=overwrite)
+    if max_shard_bytes < 1:
+        raise CheckpointError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+    with staged_dir(out_dir, replace=overwrite) as tmp:
+        write_model_files(tensors, tmp, source=source, dtype=dtype, max_shard_bytes=max_shard_bytes,
+                          metadata=metadata)
+    return out_dir
+
+
+def check_output_dir(out_dir: Path, *, source: Checkpoint, overwrite: bool) -> None:
+    """Refuse an output path that is a file, a non-empty directory (unless overwrite) or holds the source."""
     if out_dir.exists():
         if not out_dir.is_dir():
             raise CheckpointError(f"output path {out_dir} exists and is not a directory")
@@ -383,47 +393,54 @@ def save_checkpoint(
     src = source.path.resolve()
     if out_dir.resolve() == src or out_dir.resolve() in src.parents:
         raise CheckpointError(f"refusing to write into {out_dir}: it holds the source model {source.path}")
-    if max_shard_bytes < 1:
-        raise CheckpointError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
-
-    created = _mkdirs(out_dir.parent)  # so a failure can remove parents we made, too
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        _write_shards(tensors, tmp, source=source, dtype=dtype, max_shard_bytes=max_shard_bytes,
-                      metadata=dict(metadata or {}))
-        config = _load_json(source.path / "config.json")
-        if dtype is not None:  # record what was written, so from_pretrained picks it by default
-            name = str(dtype).removeprefix("torch.")
-            config["dtype"] = name
-            if "torch_dtype" in config:
-                config["torch_dtype"] = name
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        for fname in EXTRA_FILES:
-            if (source.path / fname).is_file():
-                shutil.copy2(source.path / fname, tmp / fname)
-        normal_modes(tmp)
-        _move_into_place(tmp, out_dir)
-    except BaseException:  # KeyboardInterrupt too: never leave a partial model behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        for d in reversed(created):
-            try:
-                d.rmdir()
-            except OSError:
-                break
-        raise
-    return out_dir
 
 
-def _mkdirs(d: Path) -> list[Path]:
-    """mkdir -p, returning the directories it created (outermost first)."""
-    missing = []
-    while not d.exists():
-        missing.append(d)
-        d = d.parent
-    missing.reverse()
-    for m in missing:
-        m.mkdir(exist_ok=True)
-    return missing
+def write_model_files(tensors: Iterable[tuple[str, torch.Tensor]], out_dir: Path, *, source: Checkpoint,
+                      dtype: torch.dtype | None = None, max_shard_bytes: int = 2**30,
+                      metadata: Mapping[str, str] | None = None) -> None:
+    """save_checkpoint's files, written into the existing (staged) directory out_dir."""
+    _write_shards(tensors, out_dir, source=source, dtype=dtype, max_shard_bytes=max_shard_bytes,
+                  metadata=dict(metadata or {}))
+    write_source_files(out_dir, source, dtype)
+
+
+def write_source_files(out_dir: Path, source: Checkpoint, dtype: torch.dtype | None) -> None:
+    """source's config.json (its dtype set to `dtype` when given), tokenizer and generation files."""
+    config = _load_json(source.path / "config.json")
+    if dtype is not None:  # record what was written, so from_pretrained picks it by default
+        name = str(dtype).removeprefix("torch.")
+        config["dtype"] = name
+        if "torch_dtype" in config:
+            config["torch_dtype"] = name
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for fname in EXTRA_FILES:
+        if (source.path / fname).is_file():
+            shutil.copy2(source.path / fname, out_dir / fname)
+
+
+def shard_layout(sizes: Sequence[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:
+    """Tensor names per shard, in order: a shard closes when the next tensor would take it past
+    max_shard_bytes (a tensor bigger than a shard gets its own). `_write_shards`'s rule."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, nbytes in sizes:
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def shard_files(n: int) -> list[str]:
+    """The weight file names of a model saved in n shards."""
+    return [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+
+def write_index(out_dir: Path, weight_map: Mapping[str, str], total: int, metadata: Mapping[str, str]) -> None:
+    """model.safetensors.index.json of a sharded model."""
+    index = {"metadata": {"total_size": total, **metadata}, "weight_map": dict(weight_map)}
+    (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
 
 
 def _write_shards(tensors: Iterable[tuple[str, torch.Tensor]], tmp: Path, *, source: Checkpoint,
@@ -464,30 +481,8 @@ def _write_shards(tensors: Iterable[tuple[str, torch.Tensor]], tmp: Path, *, sou
                               f"(the output would not load like {source.path})")
     flush()
 
-    n = len(shard_names)
-    if n == 1:
-        os.replace(tmp / "shard-00000.safetensors", tmp / SINGLE_FILE)
-        return
-    weight_map = {}
-    for i, names in enumerate(shard_names):
-        fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+    files = shard_files(len(shard_names))
+    for i, fname in enumerate(files):
         os.replace(tmp / f"shard-{i:05d}.safetensors", tmp / fname)
-        weight_map.update({name: fname for name in names})
-    index = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
-    (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished temp dir to out_dir; an existing out_dir is moved aside, then deleted."""
-    if not out_dir.exists():
-        os.rename(tmp, out_dir)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.replace(out_dir, trash / "old")  # out_dir is gone for an instant, never half-written
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.replace(trash / "old", out_dir)  # put the old one back
-        shutil.rmtree(trash, ignore_errors=True)
-        raise
-    shutil.rmtree(trash, ignore_errors=True)
+    if len(files) > 1:
+        write_index(tmp, {name: f for f, names in zip(files, shard_names) for name in names}, total, metadata)

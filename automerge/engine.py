@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 
@@ -322,119 +322,20 @@ class ResidentMerger:
         t.param.copy_(merged)
 
     def _fused(self, idx: int, t: _Tensor, method: str, params: dict, per_model: list[dict]) -> None:
-        """The hot methods as a few elementwise passes per cache-sized chunk, straight into the param.
-
-        Written without boolean tensors or strided views: on CPUs both run many times slower
-        than float ops on contiguous rows (measured), so masks are 0/1 floats written by
-        comparisons into scratch buffers, and each specialist's row is processed on its own.
-        """
+        """`fused_merge` on one resident tensor, with this merger's cached statistics."""
         k = t.deltas.shape[0]
-        weights = [float(pm["weight"]) for pm in per_model]
-        lam = float(params.get("lambda", 1.0))
-        normalize = bool(params.get("normalize", False))
-        out = t.param.view(-1)
-        base = t.base.view(-1)
-        rows = [t.deltas[i].view(-1) for i in range(k)]
-        n = out.numel()
-
-        if method in ("linear", "task_arithmetic"):
-            total = sum(weights)
-            if method == "linear":
-                # sum_i w_i x_i (/ sum_i w_i) = c*b + sum_i c_i d_i; no chunks: two fused BLAS-like passes
-                scale = 1.0 / total if normalize else 1.0
-                base_coef, coef = total * scale, [w * scale for w in weights]
-            else:
-                divisor = total if normalize and abs(total) >= 1e-8 else 1.0
-                base_coef, coef = 1.0, [w * lam / divisor for w in weights]
-            for s in range(0, n, self.chunk):
-                e = min(s + self.chunk, n)
-                o = out[s:e]
-                if base_coef == 1.0:
-                    torch.add(base[s:e], rows[0][s:e], alpha=coef[0], out=o)
-                else:
-                    torch.mul(base[s:e], base_coef, out=o)
-                    o.add_(rows[0][s:e], alpha=coef[0])
-                for i in range(1, k):
-                    o.add_(rows[i][s:e], alpha=coef[i])
-            return
-
         densities = [float(pm.get("density", 1.0)) for pm in per_model]
-        div_weights = list(weights)  # mergekit divides by the weights, not by the L1-rescaled ones
-        buf = self._scratch(k, min(self.chunk, n))
+        thresholds = noise_rows = l1_norms = None
         if method == "ties":
             thresholds = [self._threshold(idx, t, i, d) if d < 1 else None for i, d in enumerate(densities)]
-        else:  # dare_*: keep where noise < density; L1-rescale needs the kept norm first (pass 1)
+        elif method not in ("linear", "task_arithmetic"):  # dare_*
             noise = self._noise_for(idx, t)
             noise_rows = [noise[i].view(-1) for i in range(k)]
             if bool(params.get("rescale", True)):
-                before = self._l1_norms(idx, t).tolist()
-                kept = [0.0] * k
-                for s in range(0, n, self.chunk):
-                    e = min(s + self.chunk, n)
-                    c = e - s
-                    for i in range(k):
-                        if densities[i] >= 1:
-                            continue
-                        torch.lt(noise_rows[i][s:e], densities[i], out=buf.keep[:c])
-                        buf.tmp[:c].copy_(rows[i][s:e]).abs_()  # fp32 scratch from any storage dtype
-                        kept[i] += float(torch.dot(buf.tmp[:c], buf.keep[:c]))
-                weights = [
-                    w * (b / a) if d < 1 and a >= L1_EPS and b >= L1_EPS else w
-                    for w, b, a, d in zip(weights, before, kept, densities)
-                ]
-        consensus = method in ("ties", "dare_ties")
-        all_positive = all(w > 0 for w in div_weights)
-        for s in range(0, n, self.chunk):
-            e = min(s + self.chunk, n)
-            c = e - s
-            u = [x[:c] for x in buf.u]
-            keep, tmp, mixed, div = buf.keep[:c], buf.tmp[:c], buf.mixed[:c], buf.div[:c]
-            # u_i = sparsify(d_i), unweighted; weights enter below as scalars
-            for i in range(k):
-                d = rows[i][s:e]
-                if densities[i] >= 1:
-                    u[i].copy_(d)
-                    continue
-                if method == "ties":
-                    tmp.copy_(d).abs_()  # abs(out=) refuses an fp32 out for bf16/fp16 storage
-                    torch.ge(tmp, thresholds[i], out=keep)
-                else:
-                    torch.lt(noise_rows[i][s:e], densities[i], out=keep)
-                torch.mul(d, keep, out=u[i])
-            if consensus:
-                # elected sign S = +1 where sum_i w_i u_i >= 0 else -1; entry i counts where w_i u_i S > 0.
-                # Each product rounded before the sum, as methods' reference: add_(alpha=) may fuse
-                # into an FMA, and then exact cancellations (frequent in bf16 task vectors) elect -1.
-                torch.mul(u[0], weights[0], out=mixed)
-                for i in range(1, k):
-                    torch.mul(u[i], weights[i], out=tmp)
-                    mixed.add_(tmp)
-                sign = buf.sign[:c]
-                torch.ge(mixed, 0, out=sign)
-                sign.mul_(2).sub_(1)
-                mixed.zero_()
-                div.zero_()
-                for i in range(k):
-                    torch.mul(u[i], sign, out=tmp)
-                    (torch.gt if weights[i] > 0 else torch.lt)(tmp, 0, out=keep)
-                    mixed.addcmul_(u[i], keep, value=weights[i])
-                    if normalize:
-                        div.add_(keep, alpha=div_weights[i])
-                if normalize:
-                    if all_positive:
-                        div.clamp_min_(min(div_weights))  # 0 only where mixed is 0 too: mergekit's 0 -> 1
-                    else:
-                        torch.eq(div, 0, out=keep)
-                        div.add_(keep)
-                    mixed.div_(div)
-            else:
-                torch.mul(u[0], weights[0], out=mixed)
-                for i in range(1, k):
-                    mixed.add_(u[i], alpha=weights[i])
-                if normalize:
-                    total = sum(div_weights)
-                    mixed.div_(1.0 if abs(total) < 1e-8 else total)
-            torch.add(base[s:e], mixed, alpha=lam, out=out[s:e])
+                l1_norms = self._l1_norms(idx, t).tolist()
+        fused_merge(t.param.view(-1), t.base.view(-1), [t.deltas[i].view(-1) for i in range(k)], method, params,
+                    per_model, chunk=self.chunk, scratch=self._scratch, thresholds=thresholds,
+                    noise_rows=noise_rows, l1_norms=l1_norms)
 
     def _compiled_pass(self, idx: int, t: _Tensor, method: str, plan: _compiled.Plan, params: dict,
                        per_model: list[dict]) -> bool:
@@ -510,6 +411,132 @@ class ResidentMerger:
             self._buffers = _Scratch(u=[new() for _ in range(k)], keep=new(), tmp=new(), mixed=new(),
                                      div=new(), sign=new())
         return self._buffers
+
+
+def fused_merge(
+    out: torch.Tensor,
+    base: torch.Tensor,
+    rows: list[torch.Tensor],
+    method: str,
+    params: Mapping,
+    per_model: list[dict],
+    *,
+    chunk: int,
+    scratch: Callable[[int, int], "_Scratch"],
+    thresholds: list[float | None] | None = None,
+    noise_rows: list[torch.Tensor] | None = None,
+    l1_norms: list[float] | None = None,
+) -> None:
+    """The hot methods as a few elementwise passes per cache-sized chunk, straight into `out`.
+
+    out, base and rows (one task vector per specialist) are flat views of one tensor; `method`
+    passes `_fusable`. ties needs `thresholds` (the |d| threshold per specialist, None where
+    density >= 1); dare_* needs `noise_rows` and, when rescaling, `l1_norms` (||d_i||_1).
+    `scratch(k, size)` returns chunk-sized fp32 buffers.
+
+    Written without boolean tensors or strided views: on CPUs both run many times slower
+    than float ops on contiguous rows (measured), so masks are 0/1 floats written by
+    comparisons into scratch buffers, and each specialist's row is processed on its own.
+    """
+    k = len(rows)
+    weights = [float(pm["weight"]) for pm in per_model]
+    lam = float(params.get("lambda", 1.0))
+    normalize = bool(params.get("normalize", False))
+    n = out.numel()
+
+    if method in ("linear", "task_arithmetic"):
+        total = sum(weights)
+        if method == "linear":
+            # sum_i w_i x_i (/ sum_i w_i) = c*b + sum_i c_i d_i; no chunks: two fused BLAS-like passes
+            scale = 1.0 / total if normalize else 1.0
+            base_coef, coef = total * scale, [w * scale for w in weights]
+        else:
+            divisor = total if normalize and abs(total) >= 1e-8 else 1.0
+            base_coef, coef = 1.0, [w * lam / divisor for w in weights]
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            o = out[s:e]
+            if base_coef == 1.0:
+                torch.add(base[s:e], rows[0][s:e], alpha=coef[0], out=o)
+            else:
+                torch.mul(base[s:e], base_coef, out=o)
+                o.add_(rows[0][s:e], alpha=coef[0])
+            for i in range(1, k):
+                o.add_(rows[i][s:e], alpha=coef[i])
+        return
+
+    densities = [float(pm.get("density", 1.0)) for pm in per_model]
+    div_weights = list(weights)  # mergekit divides by the weights, not by the L1-rescaled ones
+    buf = scratch(k, min(chunk, n))
+    if method != "ties":  # dare_*: keep where noise < density; L1-rescale needs the kept norm first (pass 1)
+        if bool(params.get("rescale", True)):
+            kept = [0.0] * k
+            for s in range(0, n, chunk):
+                e = min(s + chunk, n)
+                c = e - s
+                for i in range(k):
+                    if densities[i] >= 1:
+                        continue
+                    torch.lt(noise_rows[i][s:e], densities[i], out=buf.keep[:c])
+                    buf.tmp[:c].copy_(rows[i][s:e]).abs_()  # fp32 scratch from any storage dtype
+                    kept[i] += float(torch.dot(buf.tmp[:c], buf.keep[:c]))
+            weights = [
+                w * (b / a) if d < 1 and a >= L1_EPS and b >= L1_EPS else w
+                for w, b, a, d in zip(weights, l1_norms, kept, densities)
+            ]
+    consensus = method in ("ties", "dare_ties")
+    all_positive = all(w > 0 for w in div_weights)
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        c = e - s
+        u = [x[:c] for x in buf.u]
+        keep, tmp, mixed, div = buf.keep[:c], buf.tmp[:c], buf.mixed[:c], buf.div[:c]
+        # u_i = sparsify(d_i), unweighted; weights enter below as scalars
+        for i in range(k):
+            d = rows[i][s:e]
+            if densities[i] >= 1:
+                u[i].copy_(d)
+                continue
+            if method == "ties":
+                tmp.copy_(d).abs_()  # abs(out=) refuses an fp32 out for bf16/fp16 storage
+                torch.ge(tmp, thresholds[i], out=keep)
+            else:
+                torch.lt(noise_rows[i][s:e], densities[i], out=keep)
+            torch.mul(d, keep, out=u[i])
+        if consensus:
+            # elected sign S = +1 where sum_i w_i u_i >= 0 else -1; entry i counts where w_i u_i S > 0.
+            # Each product rounded before the sum, as methods' reference: add_(alpha=) may fuse
+            # into an FMA, and then exact cancellations (frequent in bf16 task vectors) elect -1.
+            torch.mul(u[0], weights[0], out=mixed)
+            for i in range(1, k):
+                torch.mul(u[i], weights[i], out=tmp)
+                mixed.add_(tmp)
+            sign = buf.sign[:c]
+            torch.ge(mixed, 0, out=sign)
+            sign.mul_(2).sub_(1)
+            mixed.zero_()
+            div.zero_()
+            for i in range(k):
+                torch.mul(u[i], sign, out=tmp)
+                (torch.gt if weights[i] > 0 else torch.lt)(tmp, 0, out=keep)
+                mixed.addcmul_(u[i], keep, value=weights[i])
+                if normalize:
+                    div.add_(keep, alpha=div_weights[i])
+            if normalize:
+                if all_positive:
+                    div.clamp_min_(min(div_weights))  # 0 only where mixed is 0 too: mergekit's 0 -> 1
+                else:
+                    torch.eq(div, 0, out=keep)
+                    div.add_(keep)
+                mixed.div_(div)
+        else:
+            torch.mul(u[0], weights[0], out=mixed)
+            for i in range(1, k):
+                mixed.add_(u[i], alpha=weights[i])
+            if normalize:
+                total = sum(div_weights)
+                mixed.div_(1.0 if abs(total) < 1e-8 else total)
+        torch.add(base[s:e], mixed, alpha=lam, out=out[s:e])
 
 
 @dataclass

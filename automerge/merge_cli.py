@@ -22,8 +22,9 @@ def merge_command(
                                                 "`fisher: {data: ...}` are cached (default ~/.cache/automerge/fisher)."),
 ) -> None:
     """Merge the recipe's models and save the result (loads with AutoModelForCausalLM.from_pretrained)."""
-    from automerge.engine import DTYPES, ResidentMerger, pick_device
+    from automerge.engine import DTYPES, pick_device
     from automerge.recipe import Recipe
+    from automerge.stream import merge_to_dir
 
     recipe = Recipe.load(recipe_path)
     out_dtype = dtype or recipe.dtype
@@ -33,7 +34,7 @@ def merge_command(
         raise RecipeError(f"output directory {out_dir} is not empty; choose another or pass --overwrite")
     recipe.validate_for(None)  # cheap checks before any model is read
     fisher_files = None
-    if recipe.method == "fisher":  # estimates before the merger: estimating loads each model once more
+    if recipe.method == "fisher":  # estimates before the merge: estimating loads each model once more
         from automerge.fisher import resolve_fisher
 
         given = _fisher_options(fisher)
@@ -43,13 +44,9 @@ def merge_command(
         recipe = recipe.model_copy(update={"models": [
             m.model_copy(update={"fisher": str(given[m.name].resolve())}) if m.name in given else m
             for m in recipe.models]})
-    # linear needs no base; the first model then serves as the reference its task vectors start from.
-    merger = ResidentMerger(
-        base=recipe.base or recipe.models[0].path, specialists={m.name: m.path for m in recipe.models}, device=device,
-        dtype="float32", fisher=fisher_files,
-    )
-    merger.apply(recipe)
-    merger.save(out_dir, dtype=out_dtype, metadata={"automerge_recipe": recipe.to_yaml()}, overwrite=overwrite)
+    # Streamed tensor by tensor (fisher: by ResidentMerger; automerge.stream.RESIDENT says why).
+    merge_to_dir(recipe, out_dir, dtype=out_dtype, device=device, metadata={"automerge_recipe": recipe.to_yaml()},
+                 fisher=fisher_files, overwrite=overwrite)
     typer.echo(f"merged {recipe.method} of {', '.join(m.name for m in recipe.models)} -> {out_dir}")
 
 

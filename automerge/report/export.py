@@ -10,14 +10,15 @@
   (mergekit does not know ``zoo:``): per-layer-group values become per-layer filters, so
   ``mergekit-yaml`` computes the same tensors (random methods — DARE, DELLA — draw their own
   masks in mergekit: the same distribution, not the same mask).
-* The model directory is the merge (`ResidentMerger`), saved in the recipe's dtype, with the
-  base's config and tokenizer, ``automerge_recipe.yaml``, ``mergekit_config.yml`` (when the
+* The model directory is the merge (`automerge.stream.merge_to_dir`, as `automerge merge`), saved
+  in the recipe's dtype, with the base's config and tokenizer, ``automerge_recipe.yaml``, ``mergekit_config.yml`` (when the
   method has a mergekit equivalent) and a model card ``README.md`` holding the recipe, the
   trial's scores at every rung it reached and the study it came from. The safetensors
   metadata carries the recipe and the study too.
 
 Every file is written atomically: files via a temporary sibling and a rename, the model as a
-complete directory built beside the target and renamed into place. A failure leaves nothing.
+complete directory built beside the target and renamed into place (`files.staged_dir`, once, the
+model card included). A failure leaves nothing.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -252,44 +251,22 @@ def export_trial(
 def save_merged(data: StudyData, row: pd.Series, recipe: Recipe, out_dir: Path, *, device: str = "auto",
                 dtype: str | None = None, mergekit: str | None = None, overwrite: bool = False) -> Path:
     """Merge and write the model directory with its model card, all or nothing."""
-    from automerge.engine import DTYPES, ResidentMerger
+    from automerge.engine import DTYPES
+    from automerge.stream import merge_to_dir
 
     out_dtype = dtype or recipe.dtype
     if out_dtype not in DTYPES:
         raise AutomergeError(f"--dtype {out_dtype!r} not supported; use one of {', '.join(DTYPES)}")
     out_dir = Path(out_dir)
     _check_target(out_dir, overwrite, "output directory")
-    merger = ResidentMerger(base=recipe.base or recipe.models[0].path,
-                            specialists={m.name: m.path for m in recipe.models}, device=device, dtype="float32")
-    merger.apply(recipe)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=out_dir.parent))
-    try:
-        staged = stage / "model"
-        metadata = {"automerge_recipe": recipe.to_yaml(), "automerge_study": data.name,
-                    "automerge_rung": str(row["rung"]), "automerge_trial": str(int(row["trial"]))}
-        merger.save(staged, dtype=out_dtype, metadata=metadata)
-        (staged / "automerge_recipe.yaml").write_text(recipe_text(data, row, recipe))
-        if mergekit:
-            (staged / "mergekit_config.yml").write_text(mergekit)
-        (staged / "README.md").write_text(model_card(data, row, recipe, mergekit))
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(staged, 0o777 & ~mask)  # temp dirs and files are 0600/0700; the model is ordinary
-        for f in staged.iterdir():
-            if f.is_file():
-                os.chmod(f, 0o666 & ~mask)
-        if out_dir.exists():
-            os.replace(out_dir, stage / "old")  # empty, or --overwrite: moved aside, deleted below
-        try:
-            os.rename(staged, out_dir)
-        except BaseException:
-            if (stage / "old").exists():
-                os.replace(stage / "old", out_dir)
-            raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return out_dir
+    metadata = {"automerge_recipe": recipe.to_yaml(), "automerge_study": data.name,
+                "automerge_rung": str(row["rung"]), "automerge_trial": str(int(row["trial"]))}
+    files = {"automerge_recipe.yaml": recipe_text(data, row, recipe)}
+    if mergekit:
+        files["mergekit_config.yml"] = mergekit
+    files["README.md"] = model_card(data, row, recipe, mergekit)
+    return merge_to_dir(recipe, out_dir, dtype=out_dtype, device=device, metadata=metadata, files=files,
+                        overwrite=overwrite)
 
 
 def default_paths(data: StudyData, row: pd.Series, exports_dir: Path | None = None) -> dict[str, Path]:

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Literal
 
+from automerge.files import staged_dir
 from automerge.zoo import MODEL_NAMES, ZooError
 from automerge.zoo import corpus as C
 from automerge.zoo.train import ModelSpec, Stage
@@ -129,34 +129,6 @@ def _sigterm_cleans_up():
         signal.signal(signal.SIGTERM, prev)
 
 
-def _normal_modes(root: Path) -> None:
-    """mkdtemp makes 0700 and some writers 0600: give the tree ordinary modes (umask respected)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in [root, *root.rglob("*")]:
-        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
-
-
-@contextmanager
-def _staging(out: Path):
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    except OSError as e:
-        raise ZooError(f"cannot write to {out.parent} ({e.strerror}); choose a writable --out") from e
-    try:
-        yield tmp
-        _normal_modes(tmp)
-        if out.is_dir():
-            if any(out.iterdir()):
-                raise ZooError(f"output directory {out} was filled by someone else during the build; "
-                               f"remove it or choose another --out")
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 # ------------------------------------------------------------------------------------------------ progress
 class _Progress:
     def __init__(self, enabled: bool):
@@ -229,7 +201,7 @@ def build_zoo(*, size: Literal["full", "test"], out: Path, seed: int = 0, progre
 
     hf_logging.disable_progress_bar()
     t_start = time.perf_counter()
-    with _sigterm_cleans_up(), _staging(out) as tmp, _Progress(progress) as pr:
+    with _sigterm_cleans_up(), staged_dir(out) as tmp, _Progress(progress) as pr:
         torch.manual_seed(seed)
         det_prev = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(True)
