@@ -81,8 +81,7 @@ def test_compile_failure_falls_back_once_with_same_weights(zoo, compile_on, monk
         calls.append(args)
         raise RuntimeError("no C++ compiler found")
 
-    r_ties, r_lin = recipe(zoo, "ties", seed=5), recipe(zoo, "task_arithmetic", lambda_=None) if False else \
-        recipe(zoo, "task_arithmetic", seed=5)
+    r_ties, r_lin = recipe(zoo, "ties", seed=5), recipe(zoo, "task_arithmetic", seed=5)
     expected = {k: eager(zoo, r, monkeypatch=monkeypatch) for k, r in (("ties", r_ties), ("ta", r_lin))}
     monkeypatch.setattr(torch, "compile", broken)
     m = merger_for(zoo)

@@ -1,7 +1,8 @@
 """The task-arithmetic family as one compiled pass per tensor (torch.compile).
 
-    kernel = fused_kernel(plan)              # None: compilation unavailable (said once, logged)
-    kernel(out, base, deltas, noise, scalars)
+    plan = plan_for("ties", k=2, params=params)           # what the code depends on
+    merge = compiled(merge_pass, plan, device)             # None: compilation off or failed
+    merge(out, base, deltas, noise, rank, scalars(...))    # flat tensors, deltas [k, n]
 
 Inductor turns the pure function below into one C++/OpenMP loop on a CPU (one Triton kernel
 on a GPU): each entry of base, of every task vector (and of the noise) is read once and the
@@ -22,9 +23,9 @@ term (relative 2^-23 in fp32); the sign election and the masks are the same.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
+import types
 from dataclasses import dataclass
 from typing import Callable
 
@@ -104,8 +105,8 @@ def _mask(plan: Plan, i: int, d: torch.Tensor, noise, rank, a: torch.Tensor, b: 
     return noise[i] < a[i] + rank[i] * b[i]
 
 
-def merge_pass(plan: Plan, out: torch.Tensor, base: torch.Tensor, deltas: torch.Tensor,
-               noise: torch.Tensor | None, rank: torch.Tensor | None, s: torch.Tensor) -> None:
+def merge_pass(out: torch.Tensor, base: torch.Tensor, deltas: torch.Tensor, noise: torch.Tensor | None,
+               rank: torch.Tensor | None, s: torch.Tensor, *, plan: Plan) -> None:
     """out = base + lambda * combine(sparsify(d_i)) for flat tensors (deltas, noise, rank: [k, n]).
 
     Op for op the engine's eager chunk loop (`ResidentMerger._fused`): 0/1 float masks
@@ -144,8 +145,8 @@ def merge_pass(plan: Plan, out: torch.Tensor, base: torch.Tensor, deltas: torch.
     out.copy_((base.float() + merged * lam).to(out.dtype))
 
 
-def kept_l1(plan: Plan, deltas: torch.Tensor, noise: torch.Tensor | None, rank: torch.Tensor | None,
-            s: torch.Tensor) -> torch.Tensor:
+def kept_l1(deltas: torch.Tensor, noise: torch.Tensor | None, rank: torch.Tensor | None, s: torch.Tensor, *,
+            plan: Plan) -> torch.Tensor:
     """sum_j |d_ij| over the entries `plan` keeps, per task vector (fp32): the L1 rescale's pass."""
     k = plan.k
     a, b = s[3 * k:4 * k], s[4 * k:5 * k]
@@ -164,15 +165,25 @@ def enabled() -> bool:
 def compiled(fn: Callable, plan: Plan, device: torch.device) -> Callable | None:
     """fn (merge_pass or kept_l1) compiled for `plan` on `device`; None when compilation is off
     or failed (said once, then the eager kernel runs)."""
+    if not enabled():
+        return None
     key = (fn.__name__, plan, device.type)
     if key not in _compiled:
         _compiled[key] = None
-        if enabled():
-            try:
-                _compiled[key] = torch.compile(functools.partial(fn, plan), dynamic=True, fullgraph=True)
-            except Exception as exc:  # noqa: BLE001 - any compiler failure means: run the eager kernel
-                disable(exc, plan, device)
+        try:
+            _compiled[key] = torch.compile(_for_plan(fn, plan), dynamic=True, fullgraph=True)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure means: run the eager kernel
+            disable(exc, plan, device)
     return _compiled[key]
+
+
+def _for_plan(fn: Callable, plan: Plan) -> Callable:
+    """fn with `plan` bound, under a code object of its own: torch.compile keeps its compiled
+    graphs per code object (8 at most), so every plan gets its own rather than recompiling one."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{plan.combine}_{plan.keep}_{plan.k}")
+    bound = types.FunctionType(code, fn.__globals__, code.co_name)
+    bound.__kwdefaults__ = {"plan": plan}
+    return bound
 
 
 def disable(exc: BaseException, plan: Plan, device: torch.device) -> None:
