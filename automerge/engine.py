@@ -41,7 +41,8 @@ from automerge.methods import (
     random_noise,
 )
 from automerge.recipe import Recipe
-from automerge.specialists import open_specialist, task_vector
+from automerge.resident import empty_model, read_into
+from automerge.specialists import LoraCheckpoint, open_specialist, task_vector
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Methods with a fused, chunked kernel below; the rest go through methods.merge_tensor.
@@ -112,11 +113,17 @@ class ResidentMerger:
         # fits in cache, so the fused kernel's intermediate passes never touch DRAM.
         self.chunk = chunk_elements or (1 << 26 if self.device.type == "cuda" else 1 << 16)
 
-        self.model = AutoModelForCausalLM.from_pretrained(
-            self.base_checkpoint.path, dtype=self.dtype, device_map=None
-        ).to(self.device)
-        self.model.eval()
-        self.model.requires_grad_(False)
+        # Each checkpoint tensor is read once, into its resident place: the base into the live
+        # parameter (then copied to the resident base), a specialist into the subtraction that
+        # writes its task vector, in the resident dtype on the device (no fp32 model on the host).
+        self.model = empty_model(self.base_checkpoint, self.dtype, self.device)
+        filled = self.model is None
+        if filled:  # renamed or unclaimed tensors: transformers knows the mapping
+            self.model = AutoModelForCausalLM.from_pretrained(
+                self.base_checkpoint.path, dtype=self.dtype, device_map=None
+            ).to(self.device)
+            self.model.eval()
+            self.model.requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_checkpoint.path)
 
         live = self._live_tensors()
@@ -124,10 +131,15 @@ class ResidentMerger:
         with torch.no_grad():
             for name in self.base_checkpoint.names:
                 param = live[name]
+                if not filled:
+                    read_into(param, self.base_checkpoint, name)
                 base_t = param.detach().to(self.dtype).clone()
                 deltas = torch.empty((len(self.checkpoints), *param.shape), dtype=self.dtype, device=self.device)
                 for i, ckpt in enumerate(self.checkpoints):
-                    deltas[i] = task_vector(ckpt, name, base_t).to(self.dtype)  # LoRA: scale·B·A
+                    if isinstance(ckpt, LoraCheckpoint):
+                        deltas[i] = task_vector(ckpt, name, base_t).to(self.dtype)  # scale·B·A
+                    else:  # x - b computed in fp32 (promotion), rounded once into the resident dtype
+                        torch.sub(ckpt.read(name).to(self.device), base_t, out=deltas[i])
                 self.tensors.append(_Tensor(name=name, param=param, base=base_t, deltas=deltas))
         self.num_layers = self.base_checkpoint.num_layers
         self._grouping: LayerGrouping | None = None
