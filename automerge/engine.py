@@ -10,9 +10,12 @@ for TIES (exact selection, never a sort: one per density, or one histogram per f
 vector that answers every density), the L1 norm of every task vector,
 and the uniform noise that DARE/DELLA masks compare against (per recipe seed).
 
+Loading reads every checkpoint tensor once, into its resident place (`automerge.resident`).
 The hot methods (linear, task arithmetic, TIES, DARE) run as one fused pass over each tensor
-in cache-sized chunks, writing straight into the live parameter; every other method calls
-its pure function from `automerge.methods` on the whole tensor. Both paths compute the same
+in cache-sized chunks, writing straight into the live parameter; from a method's second apply
+on, those and breadcrumbs/DELLA run as one compiled pass per tensor instead
+(`methods._compiled`; eager when compilation is unavailable). Every other method calls its
+pure function from `automerge.methods` on the whole tensor. All paths compute the same
 numbers as `automerge.methods` (tested), so a recipe gives the same weights everywhere.
 """
 
@@ -203,10 +206,14 @@ class ResidentMerger:
             for idx, t in enumerate(self.tensors):
                 params, per_model = resolved[recipe.tensor_group(t.name, grouping)]
                 per_model = [per_model[j] for j in order]
-                plan = _compiled.plan_for(method.name, len(order), params) if uses > 1 else None
+                fusable = _fusable(method.name, params)
+                # Small tensors stay eager where an eager fused kernel exists: a compiled call's
+                # fixed cost (~0.1 ms) is more than that kernel's few ops on them.
+                compile_it = uses > 1 and (t.base.numel() >= _compiled.SMALL or not fusable)
+                plan = _compiled.plan_for(method.name, len(order), params) if compile_it else None
                 if plan is not None and self._compiled_pass(idx, t, method.name, plan, params, per_model):
                     continue
-                if _fusable(method.name, params):
+                if fusable:
                     self._fused(idx, t, method.name, params, per_model)
                 else:
                     self._reference(idx, t, method, params, per_model, fisher)

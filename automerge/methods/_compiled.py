@@ -41,6 +41,7 @@ KEEP_NOISE = "noise"  # u = d where noise < a (DARE)
 KEEP_RANKED = "ranked"  # u = d where noise < a + b * rank (DELLA: a = density - eps, b = 2 eps)
 KEEPS = (KEEP_ALL, KEEP_MAGNITUDE, KEEP_BAND, KEEP_NOISE, KEEP_RANKED)
 ENV = "AUTOMERGE_COMPILE"
+SMALL = 1 << 16  # the engine keeps tensors below this many entries on its eager fused kernel
 
 
 COMBINES = ("linear", "sum", "consensus")
