@@ -47,3 +47,17 @@ def test_load_equals_from_pretrained_and_task_vector(arch, tie, dtype, tmp_path,
     ckpt = Checkpoint.open(spec)
     for t in m.tensors:
         assert torch.equal(t.deltas[0], task_vector(ckpt, t.name, t.base).to(torch_dtype)), t.name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), None])
+def test_all_finite_finds_every_non_finite_value(dtype, bad):
+    """The load's NaN/Inf check (one aminmax) agrees with torch.isfinite, at any position."""
+    from automerge.checkpoints import all_finite
+
+    for where in (0, 517, 1023):
+        x = torch.randn(1024).to(dtype)
+        if bad is not None:
+            x[where] = bad
+        assert all_finite(x) == bool(torch.isfinite(x).all())
+    assert all_finite(torch.empty(0, dtype=dtype)) and all_finite(torch.arange(5))
