@@ -3,13 +3,13 @@
     merge_to_dir(recipe, "out/merged", dtype="bfloat16")       # a HF model directory, all or nothing
 
 `StreamedMerge` opens the base and the specialists (headers only), validates the recipe for every
-tensor, then per tensor reads the base and each specialist (safetensors, only that tensor's
-bytes), computes the merge with the engine's own kernels (`engine.fused_merge` for linear, task
-arithmetic, TIES, DARE; the method's pure function for the rest), and writes the result at its
-place in an output shard whose header was laid out up front from the shapes. No live
-transformers model and no resident task vectors: memory holds one tensor's base, task vectors
-and result (linear, task arithmetic and TIES over plain checkpoints go in blocks of rows, so a
-large embedding never sits in fp32 k+2 times).
+tensor, then per tensor reads the base's and each specialist's bytes straight from the
+safetensors file into reused buffers, computes the merge with the engine's own kernels
+(`engine.fused_merge` for linear, task arithmetic, TIES, DARE; the method's pure function for the
+rest), and writes the result at its place in an output shard whose header was laid out up front
+from the shapes. No live transformers model and no resident task vectors: memory holds one
+tensor's base, task vectors and result; linear, task arithmetic and TIES go in blocks of rows
+(TIES first builds each whole fp32 task vector once, for its exact threshold).
 
 The bytes equal `ResidentMerger.save` (tested for every streamed method): the same fp32
 arithmetic, the same exact per-tensor thresholds (`methods.magnitude_threshold`, selection, no
@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from automerge.checkpoints import (
     _DTYPES,
@@ -111,6 +110,7 @@ class StreamedMerge:
                 checked[group] = self.method.check_params(*recipe.resolve(name, grouping))
             self.params[name] = checked[group]
         self._buffers = _Buffers(self.device)
+        self._rows = _RowReader(self.device)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -142,27 +142,34 @@ class StreamedMerge:
         shape = self.base.shape(name)
         if self._blockwise(name, params):
             thresholds = self._thresholds(name, per_model) if self.method.name == "ties" else None
-            rows = shape[0]
-            per_row = _numel(shape[1:])
-            step = max(1, BLOCK_ELEMENTS // max(per_row, 1))
-            for a in range(0, rows, step):
-                b = min(rows, a + step)
-                base = _read_rows(self.base, name, a, b, self.device)
-                deltas = [(_read_rows(c, name, a, b, self.device) - base).view(-1) for c in self.specialists]
-                out = torch.empty_like(base)
-                fused_merge(out.view(-1), base.view(-1), deltas, self.method.name, params, per_model,
+            k = len(self.specialists)
+            for a, b in self._rows.blocks(shape):
+                n = (b - a) * _numel(shape[1:])
+                base, out = self._rows.fp32(0, n), self._rows.fp32(1, n)
+                deltas = [self._rows.fp32(2 + i, n) for i in range(k)]
+                self._rows.read(self.base, name, a, b, into=base)
+                for ckpt, d in zip(self.specialists, deltas):
+                    self._rows.read(ckpt, name, a, b, into=d)
+                    d.sub_(base)  # d = x - b in fp32, as task_vector
+                fused_merge(out, base, deltas, self.method.name, params, per_model,
                             chunk=self.chunk, scratch=self._buffers, thresholds=thresholds)
-                shard.write(name, out, first_row=a)
+                shard.write(name, out, first_row=a, row_numel=_numel(shape[1:]))
             return
-        base = self.base.read(name, dtype=torch.float32, device=self.device)
-        deltas = torch.empty((len(self.specialists), *shape), dtype=torch.float32, device=self.device)
+        n, rows, k = _numel(shape), shape[0] if shape else 1, len(self.specialists)
+        base = self._rows.fp32(0, n)
+        self._rows.read(self.base, name, 0, rows, into=base)
+        base = base.view(shape)
+        deltas = self._rows.whole(k * n).view(k, *shape)
         for i, ckpt in enumerate(self.specialists):
-            deltas[i] = task_vector(ckpt, name, base)  # LoRA: scale·B·A
+            if type(ckpt) is Checkpoint:
+                self._rows.read(ckpt, name, 0, rows, into=deltas[i].view(-1))
+                deltas[i].sub_(base)  # d = x - b in fp32, as task_vector
+            else:
+                deltas[i] = task_vector(ckpt, name, base)  # LoRA: scale·B·A; a state dict
         noise = (random_noise(tuple(deltas.shape), seed=self.recipe.seed, tensor_name=name).to(self.device)
                  if self.method.random else None)
         if _fusable(self.method.name, params):
-            out = torch.empty_like(base)
-            k = deltas.shape[0]
+            out = self._rows.fp32(1, n).view(shape)
             thresholds = l1_norms = None
             if self.method.name == "ties":
                 thresholds = _ties_thresholds(deltas, per_model)
@@ -180,22 +187,32 @@ class StreamedMerge:
         shard.write(name, out)
 
     def _blockwise(self, name: str, params: dict) -> bool:
-        """linear / TA / TIES over plain safetensors checkpoints, on a tensor larger than one block."""
+        """linear / TA / TIES (elementwise once TIES's thresholds are known) over plain safetensors
+        checkpoints of float tensors: merged in blocks of rows through reused buffers."""
         return (self.method.name in ("linear", "task_arithmetic", "ties") and _fusable(self.method.name, params)
-                and len(self.base.shape(name)) >= 1 and _numel(self.base.shape(name)) > BLOCK_ELEMENTS
-                and all(type(c) is Checkpoint for c in (self.base, *self.specialists)))
+                and len(self.base.shape(name)) >= 1
+                and all(type(c) is Checkpoint and c.dtype(name).is_floating_point
+                        for c in (self.base, *self.specialists)))
 
     def _thresholds(self, name: str, per_model: list[dict]) -> list[float | None]:
-        """TIES's exact |d_i| threshold per specialist, one whole task vector at a time."""
+        """TIES's exact |d_i| threshold per specialist: one whole fp32 task vector at a time (in a
+        reused buffer), built from blocks of rows."""
         out = []
-        base = None
+        shape = self.base.shape(name)
+        n = _numel(shape)
         for ckpt, pm in zip(self.specialists, per_model):
             density = float(pm.get("density", 1.0))
             if density >= 1:
                 out.append(None)
                 continue
-            base = base if base is not None else self.base.read(name, dtype=torch.float32, device=self.device)
-            out.append(magnitude_threshold(task_vector(ckpt, name, base), density))
+            d = self._rows.whole(n)
+            for a, b in self._rows.blocks(shape):
+                lo, hi = a * _numel(shape[1:]), b * _numel(shape[1:])
+                base = self._rows.fp32(0, hi - lo)
+                self._rows.read(self.base, name, a, b, into=base)
+                self._rows.read(ckpt, name, a, b, into=d[lo:hi])
+                d[lo:hi].sub_(base)
+            out.append(magnitude_threshold(d, density))
         return out
 
 
@@ -211,20 +228,72 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _read_rows(ckpt: Checkpoint, name: str, start: int, stop: int, device: torch.device) -> torch.Tensor:
-    """Rows [start, stop) of a tensor in fp32 (only their bytes, memory-mapped); NaN/Inf refused as `read`."""
-    file = ckpt.file_of(name)
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            t = f.get_slice(name)[start:stop]
-    except SafetensorError as e:
-        raise CheckpointError(f"cannot read tensor {name!r} from {file}: {e}") from None
-    t = t.to(device=device, dtype=torch.float32)
-    if not torch.isfinite(t).all():
-        raise CheckpointError(f"tensor {name!r} in {file} holds {int((~torch.isfinite(t)).sum())} NaN/Inf values "
-                              f"(rows {start}-{stop - 1}); this checkpoint is broken (diverged training or a bad "
-                              "conversion)")
-    return t
+class _RowReader:
+    """Blocks of rows of plain safetensors checkpoints, read straight from the file into reused
+    buffers (fresh multi-MB tensors cost page faults on every allocation: measured slower than
+    the arithmetic), then widened to fp32 on the merge device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._raw = torch.empty(0, dtype=torch.uint8)
+        self._fp32: dict[int, torch.Tensor] = {}
+        self._whole = torch.empty(0, dtype=torch.float32, device=device)
+        self._data_start: dict[Path, int] = {}
+
+    @staticmethod
+    def blocks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+        step = max(1, BLOCK_ELEMENTS // max(_numel(shape[1:]), 1))
+        return [(a, min(shape[0], a + step)) for a in range(0, shape[0], step)] or [(0, 0)]
+
+    def fp32(self, slot: int, n: int) -> torch.Tensor:
+        """Flat fp32 buffer number `slot`, n entries (contents undefined)."""
+        buf = self._fp32.get(slot)
+        if buf is None or buf.numel() < n:
+            buf = self._fp32[slot] = torch.empty(max(n, min(BLOCK_ELEMENTS, 1 << 20)), dtype=torch.float32,
+                                                 device=self.device)
+        return buf[:n]
+
+    def whole(self, n: int) -> torch.Tensor:
+        if self._whole.numel() < n:
+            self._whole = torch.empty(0, dtype=torch.float32, device=self.device)  # free before growing
+            self._whole = torch.empty(n, dtype=torch.float32, device=self.device)
+        return self._whole[:n]
+
+    def read(self, ckpt: Checkpoint, name: str, start: int, stop: int, *, into: torch.Tensor) -> None:
+        """Rows [start, stop) of `name` widened into the flat fp32 `into`; NaN/Inf refused as `Checkpoint.read`."""
+        file = ckpt.file_of(name)
+        dtype, shape = ckpt.dtype(name), ckpt.shape(name)
+        row_bytes = _numel(shape[1:]) * dtype.itemsize
+        nbytes = (stop - start) * row_bytes
+        if self._raw.numel() < nbytes:
+            self._raw = torch.empty(0, dtype=torch.uint8)
+            self._raw = torch.empty(nbytes, dtype=torch.uint8)
+        raw = self._raw[:nbytes]
+        begin = ckpt._entry(name)[1]["data_offsets"][0]
+        try:
+            with open(file, "rb", buffering=0) as f:
+                if file not in self._data_start:
+                    self._data_start[file] = 8 + int.from_bytes(f.read(8), "little")
+                f.seek(self._data_start[file] + begin + start * row_bytes)
+                view, got = memoryview(raw.numpy()), 0
+                while got < nbytes:
+                    step = f.readinto(view[got:])
+                    if not step:
+                        break
+                    got += step
+        except OSError as e:
+            raise CheckpointError(f"cannot read tensor {name!r} from {file}: {e}") from None
+        if got != nbytes:
+            raise CheckpointError(f"cannot read tensor {name!r} from {file}: the file is shorter than its header "
+                                  "says (truncated?); re-download or re-save it")
+        values = raw.view(dtype)
+        if values.numel():
+            low, high = torch.aminmax(values)  # NaN makes both NaN, Inf one of them: one fast pass
+            if not (torch.isfinite(low) and torch.isfinite(high)):
+                raise CheckpointError(f"tensor {name!r} in {file} holds {int((~torch.isfinite(values)).sum())} "
+                                      f"NaN/Inf values (rows {start}-{stop - 1}); this checkpoint is broken "
+                                      "(diverged training or a bad conversion)")
+        into.copy_(values)
 
 
 class _ShardFile:
@@ -251,6 +320,7 @@ class _ShardFile:
         self.size = self.data_start + pos
         self._head = len(raw).to_bytes(8, "little") + raw
         self._file = None
+        self._cast = torch.empty(0, dtype=torch.uint8)
 
     def __enter__(self) -> "_ShardFile":
         self._file = open(self.path, "wb")
@@ -261,11 +331,18 @@ class _ShardFile:
     def __exit__(self, *exc) -> None:
         self._file.close()
 
-    def write(self, name: str, t: torch.Tensor, *, first_row: int = 0) -> None:
-        """Write `t` (fp32, any device) cast to the tensor's dtype, starting at row `first_row`."""
-        data = t.detach().to(device="cpu", dtype=self.dtypes[name]).contiguous()
-        row_bytes = data[0].numel() * data.element_size() if first_row else 0
-        self._file.seek(self.data_start + self.offsets[name] + first_row * row_bytes)
+    def write(self, name: str, t: torch.Tensor, *, first_row: int = 0, row_numel: int = 0) -> None:
+        """Write `t` (fp32, any device) cast to the tensor's dtype, from row `first_row` (rows of row_numel)."""
+        dtype = self.dtypes[name]
+        if t.dtype == dtype and t.device.type == "cpu":
+            data = t.contiguous()
+        else:
+            if self._cast.numel() < t.numel() * dtype.itemsize:
+                self._cast = torch.empty(0, dtype=torch.uint8)
+                self._cast = torch.empty(t.numel() * dtype.itemsize, dtype=torch.uint8)
+            data = self._cast[:t.numel() * dtype.itemsize].view(dtype).view(t.shape)
+            data.copy_(t)  # the cast save_checkpoint does (.to(dtype)), into a reused buffer
+        self._file.seek(self.data_start + self.offsets[name] + first_row * row_numel * dtype.itemsize)
         self._file.write(data.reshape(-1).view(torch.uint8).numpy().data)
 
 

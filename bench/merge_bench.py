@@ -2,6 +2,7 @@
 
     python bench/merge_bench.py                 # Qwen2.5-0.5B shapes, 2 specialists, CPU
     python bench/merge_bench.py --device cuda --dtype bfloat16 --shape 7b --no-mergekit   # on a GPU
+    python bench/merge_bench.py --one-off       # `automerge merge` vs `mergekit-yaml`, whole processes
 
 Builds random-weight checkpoints with Qwen2.5-0.5B's shapes (tied embeddings, 24 layers,
 hidden 896, MLP 4864, vocab 151936) in a scratch directory, then for each method measures:
@@ -18,6 +19,10 @@ hidden 896, MLP 4864, vocab 151936) in a scratch directory, then for each method
   and writing the output once (copy + sum) — the memory-bandwidth floor for any merge;
 - mergekit: run_merge in-process on the same recipe (reads the checkpoints, writes the output:
   what every trial costs without a resident engine).
+With --one-off it measures instead the one-off merge users run first: `automerge merge` (streamed)
+and `mergekit-yaml` as whole processes on the same recipe (bf16 out, the same mergekit YAML that
+`Recipe.to_mergekit` exports), each under /usr/bin/time -v: wall time (process start, imports,
+reading, merging, writing) and peak RSS.
 The table goes into results/BENCHMARKS.md (not with --no-write); --json writes the figures too,
 after each method, so a run cut short by a timeout (bench/gpu_check.sh) keeps what it measured.
 """
@@ -27,8 +32,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +52,7 @@ from automerge.recipe import Recipe  # noqa: E402
 TARGETS = {"linear": 1.2, "task_arithmetic": 1.2, "ties": 2.0, "dare_ties": 3.0}
 LOAD_TARGET = 1.5  # load ÷ reading the checkpoints
 FIRST_TARGETS = {"ties": 3.0}  # first apply ÷ steady apply
+ONE_OFF_TARGETS = {"linear": 2.0, "ties": 4.0}  # mergekit-yaml wall ÷ automerge merge wall (issue 14)
 # Qwen2.5 shapes: 0.5b (tied embeddings) and 7b; --layers/--hidden/... override one field.
 SHAPES = {
     "0.5b": dict(layers=24, hidden=896, intermediate=4864, heads=14, kv_heads=2, vocab=151936, tied=True),
@@ -202,6 +210,78 @@ def mergekit_time(recipe: Recipe, merger: ResidentMerger, device: str) -> float:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def timed_process(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GiB) of one whole process, from /usr/bin/time -v."""
+    start = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
+    rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    return wall, rss_kib / 2**20
+
+
+def one_off(methods: list[str], paths: dict[str, Path], root: Path, *, threads: int, device: str,
+            mergekit: bool) -> list[dict]:
+    """`automerge merge` vs `mergekit-yaml` per method: same recipe, bf16 out, fresh processes."""
+    from automerge.checkpoints import Checkpoint
+
+    names = Checkpoint.open(paths["base"]).names
+    num_layers = Checkpoint.open(paths["base"]).num_layers
+    bindir = Path(sys.executable).parent
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                           os.environ.get("PYTHONPATH", "")]))
+    rows = []
+    for method in methods:
+        recipe = recipe_for(method, paths).model_copy(update={"dtype": "bfloat16"})
+        rec_file, mk_file = root / f"{method}.yaml", root / f"{method}.mergekit.yml"
+        recipe.save(rec_file)
+        import yaml
+
+        mk_file.write_text(yaml.safe_dump(recipe.to_mergekit(names, recipe.grouping(num_layers)), sort_keys=False))
+        row = {"method": method}
+        out = root / "one-off-out"
+        shutil.rmtree(out, ignore_errors=True)
+        row["automerge_s"], row["automerge_rss_gib"] = timed_process(
+            [str(bindir / "automerge"), "merge", str(rec_file), str(out), "--device", device], env)
+        shutil.rmtree(out, ignore_errors=True)
+        if mergekit:
+            mk_cmd = [str(bindir / "mergekit-yaml"), str(mk_file), str(out), "--random-seed", "0"]
+            if device.startswith("cuda"):
+                mk_cmd.append("--cuda")
+            row["mergekit_s"], row["mergekit_rss_gib"] = timed_process(mk_cmd, env)
+            shutil.rmtree(out, ignore_errors=True)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def one_off_table(rows: list[dict], *, shape_name: str, shape: dict, threads: int, load: str) -> list[str]:
+    lines = [
+        "## One-off merge: `automerge merge` vs `mergekit-yaml` (`bench/merge_bench.py --one-off`)",
+        "",
+        f"Machine: {machine()}. Load: {load}.",
+        f"Random bf16 checkpoints with Qwen2.5-{shape_name} shapes ({shape['layers']} layers, hidden "
+        f"{shape['hidden']}, vocab {shape['vocab']}), 2 specialists, the same recipe (bf16 out) given to both as "
+        f"whole processes ({threads} thread(s) each; start-up and imports included); peak RSS from /usr/bin/time -v.",
+        "",
+        "| method | automerge merge s | mergekit-yaml s | mergekit ÷ automerge (target) | automerge peak RSS GiB "
+        "| mergekit peak RSS GiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mk = r.get("mergekit_s")
+        speed = "–" if mk is None else f"{mk / r['automerge_s']:.2f}×"
+        target = ONE_OFF_TARGETS.get(r["method"])
+        if mk is not None and target:
+            speed += f" (≥ {target}× {'✓' if mk / r['automerge_s'] >= target else '✗'})"
+        mk_rss = r.get("mergekit_rss_gib")
+        lines.append(f"| {r['method']} | {r['automerge_s']:.1f} | {'–' if mk is None else f'{mk:.1f}'} | {speed} "
+                     f"| {r['automerge_rss_gib']:.2f} | {'–' if mk_rss is None else f'{mk_rss:.2f}'} |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
@@ -217,6 +297,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures here (after every method)")
     ap.add_argument("--no-write", action="store_true", help="leave results/BENCHMARKS.md alone")
     ap.add_argument("--bandwidth-mb", type=int, default=None, help="buffer for the copy-bandwidth probe")
+    ap.add_argument("--one-off", action="store_true", help="time `automerge merge` vs `mergekit-yaml` processes")
+    ap.add_argument("--load", default="not stated", help="--one-off: what else ran, for the table")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     shape = dict(SHAPES[args.shape])
@@ -231,6 +313,21 @@ def main() -> None:
         print(f"built in {time.perf_counter() - start:.1f}s", flush=True)
     else:
         paths = {n: root / n for n in ("base", "code", "lang")}
+    if args.one_off:
+        device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
+            "cpu" if args.device == "auto" else args.device)
+        rows = one_off(args.methods.split(","), paths, root, threads=args.threads, device=device,
+                       mergekit=not args.no_mergekit)
+        if args.json:
+            Path(args.json).write_text(json.dumps(dict(machine=machine(), shape=shape, load=args.load, rows=rows),
+                                                  indent=1))
+        lines = one_off_table(rows, shape_name=args.shape, shape=shape, threads=args.threads, load=args.load)
+        print("\n".join(lines))
+        if not args.no_write:
+            print(f"written to {write_section('merge-one-off-' + device.split(':')[0], chr(10).join(lines))}")
+        if args.workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+        return
     from transformers import AutoConfig, AutoModelForCausalLM
 
     AutoModelForCausalLM._model_mapping[type(AutoConfig.from_pretrained(paths["base"]))]  # import: not load

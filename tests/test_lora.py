@@ -213,3 +213,27 @@ def test_cli_merge_and_space_take_adapters_and_state_dicts(lora, tmp_path):
         "base": str(base), "specialists": [{"name": n, "path": str(p)} for n, p in specialists.items()],
         "objectives": [{"name": "code", "tasks": {"code_body_ll": 1.0}}], "device": "cpu"}, source="s.yaml")
     assert space.check_models() == {"num_layers": Checkpoint.open(base).num_layers}
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_linear"])
+def test_streamed_merge_of_full_lora_and_state_dict_equals_resident_save(method, lora, tmp_path):
+    """automerge merge streams LoRA adapters and state-dict specialists too: the same bytes."""
+    from safetensors.torch import load_file
+
+    from automerge.stream import merge_to_dir
+
+    _, base, full, adapters = lora
+    sd = tmp_path / "full.pt"
+    torch.save(load_file(str(full / "model.safetensors")), sd)
+    paths = {"full": full, "sd": sd, "a": adapters["a"]}
+    recipe = Recipe(method=method, base=str(base), seed=3, dtype="bfloat16",
+                    models=[{"name": n, "path": str(p), "parameters": {"weight": w, "density": 0.6}}
+                            for (n, p), w in zip(paths.items(), (0.5, 0.3, 1.0))])
+    merger = ResidentMerger(base=base, specialists=paths, device="cpu")
+    merger.apply(recipe)
+    ref = merger.save(tmp_path / "ref", dtype="bfloat16")
+    ours = merge_to_dir(recipe, tmp_path / "ours", device="cpu")
+    a, b = load_file(str(ours / "model.safetensors")), load_file(str(ref / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in b:
+        assert torch.equal(a[name].view(torch.int16), b[name].view(torch.int16)), name

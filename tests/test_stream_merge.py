@@ -168,21 +168,39 @@ def test_bad_specialist_fails_in_one_line_and_writes_nothing(flaw, zoo, tmp_path
 def test_failure_mid_merge_leaves_nothing_behind(zoo, tmp_path, monkeypatch):
     """A tensor that cannot be read halfway through: no output directory, no staging directory."""
     calls = []
-    real = stream.Checkpoint.read
+    real = stream._RowReader.read
 
-    def read(self, name, **kw):
+    def read(self, ckpt, name, *args, **kw):
         calls.append(name)
-        if len(calls) == 12:
+        if len(calls) == 40:
             raise AutomergeError(f"disk error reading {name}")
-        return real(self, name, **kw)
+        return real(self, ckpt, name, *args, **kw)
 
-    monkeypatch.setattr(stream.Checkpoint, "read", read)
+    monkeypatch.setattr(stream._RowReader, "read", read)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(AutomergeError, match="disk error"):
         stream.merge_to_dir(recipe_for(zoo, "ties"), out, device="cpu")
-    assert len(calls) == 12
+    assert len(calls) == 40
     assert list(tmp_path.iterdir()) == [out] and not any(out.iterdir())
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_nan_in_a_specialist_is_named_and_nothing_is_written(method, zoo, tmp_path):
+    from safetensors.torch import load_file
+
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(zoo["lang"], bad)
+    tensors = load_file(str(bad / "model.safetensors"))
+    name = "model.layers.3.self_attn.o_proj.weight"
+    tensors[name][1, 2] = float("nan")
+    save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    rec = recipe_for({**zoo, "lang": bad}, method)
+    with pytest.raises(AutomergeError, match=f"tensor '{name}' in .* holds 1 NaN/Inf"):
+        stream.merge_to_dir(rec, tmp_path / "out" / "m", device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
 
 
 def test_overwrite_replaces_and_a_non_empty_target_is_refused(zoo, tmp_path):
