@@ -10,9 +10,12 @@ for TIES (exact selection, never a sort: one per density, or one histogram per f
 vector that answers every density), the L1 norm of every task vector,
 and the uniform noise that DARE/DELLA masks compare against (per recipe seed).
 
+Loading reads every checkpoint tensor once, into its resident place (`automerge.resident`).
 The hot methods (linear, task arithmetic, TIES, DARE) run as one fused pass over each tensor
-in cache-sized chunks, writing straight into the live parameter; every other method calls
-its pure function from `automerge.methods` on the whole tensor. Both paths compute the same
+in cache-sized chunks, writing straight into the live parameter; from a method's second apply
+on, those and breadcrumbs/DELLA run as one compiled pass per tensor instead
+(`methods._compiled`; eager when compilation is unavailable). Every other method calls its
+pure function from `automerge.methods` on the whole tensor. All paths compute the same
 numbers as `automerge.methods` (tested), so a recipe gives the same weights everywhere.
 """
 
@@ -25,11 +28,13 @@ from typing import Callable, Iterator, Mapping
 import torch
 
 from automerge.checkpoints import Checkpoint, check_compatible, resolve_model_path, save_checkpoint
-from automerge.names import DTYPES as DTYPE_NAMES
 from automerge.errors import RecipeError
 from automerge.layers import LayerGrouping
+from automerge.methods import _compiled
 from automerge.methods import (
     HALF_DTYPES,
+    breadcrumbs_thresholds,
+    della_rank_norm,
     MergeMethod,
     get_method,
     half_magnitude_at,
@@ -38,8 +43,10 @@ from automerge.methods import (
     magnitude_threshold,
     random_noise,
 )
+from automerge.names import DTYPES as DTYPE_NAMES
 from automerge.recipe import Recipe
-from automerge.specialists import open_specialist, task_vector
+from automerge.resident import empty_model, read_into
+from automerge.specialists import LoraCheckpoint, open_specialist, task_vector
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 # Methods with a fused, chunked kernel below; the rest go through methods.merge_tensor.
@@ -110,11 +117,17 @@ class ResidentMerger:
         # fits in cache, so the fused kernel's intermediate passes never touch DRAM.
         self.chunk = chunk_elements or (1 << 26 if self.device.type == "cuda" else 1 << 16)
 
-        self.model = AutoModelForCausalLM.from_pretrained(
-            self.base_checkpoint.path, dtype=self.dtype, device_map=None
-        ).to(self.device)
-        self.model.eval()
-        self.model.requires_grad_(False)
+        # Each checkpoint tensor is read once, into its resident place: the base into the live
+        # parameter (then copied to the resident base), a specialist into the subtraction that
+        # writes its task vector, in the resident dtype on the device (no fp32 model on the host).
+        self.model = empty_model(self.base_checkpoint, self.dtype, self.device)
+        filled = self.model is None
+        if filled:  # renamed or unclaimed tensors: transformers knows the mapping
+            self.model = AutoModelForCausalLM.from_pretrained(
+                self.base_checkpoint.path, dtype=self.dtype, device_map=None
+            ).to(self.device)
+            self.model.eval()
+            self.model.requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_checkpoint.path)
 
         live = self._live_tensors()
@@ -122,10 +135,15 @@ class ResidentMerger:
         with torch.no_grad():
             for name in self.base_checkpoint.names:
                 param = live[name]
+                if not filled:
+                    read_into(param, self.base_checkpoint, name)
                 base_t = param.detach().to(self.dtype).clone()
                 deltas = torch.empty((len(self.checkpoints), *param.shape), dtype=self.dtype, device=self.device)
                 for i, ckpt in enumerate(self.checkpoints):
-                    deltas[i] = task_vector(ckpt, name, base_t).to(self.dtype)  # LoRA: scale·B·A
+                    if isinstance(ckpt, LoraCheckpoint):
+                        deltas[i] = task_vector(ckpt, name, base_t).to(self.dtype)  # scale·B·A
+                    else:  # x - b computed in fp32 (promotion), rounded once into the resident dtype
+                        torch.sub(ckpt.read(name).to(self.device), base_t, out=deltas[i])
                 self.tensors.append(_Tensor(name=name, param=param, base=base_t, deltas=deltas))
         self.num_layers = self.base_checkpoint.num_layers
         self._grouping: LayerGrouping | None = None
@@ -137,6 +155,9 @@ class ResidentMerger:
         self._fisher: dict[str, torch.Tensor] | None = None
         self._fisher_files: list[Path] | None = None  # the files self._fisher was read from
         self._buffers: _Scratch | None = None
+        self._applies: dict[str, int] = {}  # method -> applies so far
+        self._bands: dict[tuple[int, int, float, float], tuple[float, float] | None] = {}
+        self._ranks: dict[int, torch.Tensor] = {}  # tensor idx -> DELLA rank norms [k, *shape]
 
     def _live_tensors(self) -> dict[str, torch.Tensor]:
         """Checkpoint tensor name -> the live model's tensor holding it.
@@ -180,11 +201,20 @@ class ResidentMerger:
         if method.random:
             self._ensure_noise(recipe.seed)
         fisher = self._ensure_fisher(recipe) if method.name == "fisher" else None
+        # Compiled from a method's second apply on: a one-off merge never pays the compile.
+        self._applies[method.name] = uses = self._applies.get(method.name, 0) + 1
         with torch.no_grad():
             for idx, t in enumerate(self.tensors):
                 params, per_model = resolved[recipe.tensor_group(t.name, grouping)]
                 per_model = [per_model[j] for j in order]
-                if fusable(method.name, params):
+                can_fuse = fusable(method.name, params)
+                # Small tensors stay eager where an eager fused kernel exists: a compiled call's
+                # fixed cost (~0.1 ms) is more than that kernel's few ops on them.
+                compile_it = uses > 1 and (t.base.numel() >= _compiled.SMALL or not can_fuse)
+                plan = _compiled.plan_for(method.name, len(order), params) if compile_it else None
+                if plan is not None and self._compiled_pass(idx, t, method.name, plan, params, per_model):
+                    continue
+                if can_fuse:
                     self._fused(idx, t, method.name, params, per_model)
                 else:
                     self._reference(idx, t, method, params, per_model, fisher)
@@ -326,6 +356,72 @@ class ResidentMerger:
         fused_merge(t.param.view(-1), t.base.view(-1), [t.deltas[i].view(-1) for i in range(k)], method, params,
                     per_model, chunk=self.chunk, scratch=self._scratch, thresholds=thresholds,
                     noise_rows=noise_rows, l1_norms=l1_norms)
+
+    def _compiled_pass(self, idx: int, t: _Tensor, method: str, plan: _compiled.Plan, params: dict,
+                       per_model: list[dict]) -> bool:
+        """The method as one compiled pass (`methods._compiled`); False when compilation is off or
+        failed (said once), and the eager kernels run instead. Same rules as `_fused`."""
+        merge = _compiled.compiled(_compiled.merge_pass, plan, self.device)
+        if merge is None:
+            return False
+        k = plan.k
+        weights = [float(pm["weight"]) for pm in per_model]
+        densities = [float(pm.get("density", 1.0)) for pm in per_model]
+        lam, normalize = float(params.get("lambda", 1.0)), bool(params.get("normalize", False))
+        a, b, noise, rank = [0.0] * k, [0.0] * k, None, None
+        if plan.keep == _compiled.KEEP_MAGNITUDE:
+            a = [self._threshold(idx, t, i, d) if d < 1 else 0.0 for i, d in enumerate(densities)]
+        elif plan.keep == _compiled.KEEP_BAND:
+            for i, d in enumerate(densities):
+                band = (0.0, float("inf")) if d >= 1 else self._band(idx, t, i, d, float(per_model[i]["gamma"]))
+                a[i], b[i] = band or (float("inf"), 0.0)  # None: nothing kept
+        elif plan.keep in (_compiled.KEEP_NOISE, _compiled.KEEP_RANKED):
+            noise = self._noise_for(idx, t).view(k, -1)
+            a = list(densities)
+            if plan.keep == _compiled.KEEP_RANKED:
+                rank = self._rank_norms(idx, t).view(k, -1)
+                eps = [float(pm["epsilon"]) for pm in per_model]
+                a = [1.0 if d >= 1 else d - e for d, e in zip(densities, eps)]
+                b = [0.0 if d >= 1 else 2 * e for d, e in zip(densities, eps)]
+        out, base, deltas = t.param.view(-1), t.base.view(-1), t.deltas.view(k, -1)
+        div_weights, signs = list(weights), [1.0 if w > 0 else -1.0 for w in weights]
+        total = sum(weights)
+        if plan.combine == "linear":  # linear and task arithmetic: the eager kernel's coefficients
+            if method == "linear":
+                scale = 1.0 / total if normalize else 1.0
+                divisor, weights, lam = total * scale, [w * scale for w in weights], 1.0
+            else:
+                norm = total if normalize and abs(total) >= 1e-8 else 1.0
+                divisor, weights = 1.0, [w * lam / norm for w in weights]
+        else:
+            divisor = total if normalize and abs(total) >= 1e-8 else 1.0
+        try:
+            if params.get("rescale") and plan.keep != _compiled.KEEP_ALL:
+                s = _compiled.scalars(weights=weights, signs=signs, div_weights=div_weights, a=a, b=b, lam=lam,
+                                      divisor=divisor, device=self.device)
+                kept = _compiled.compiled(_compiled.kept_l1, plan, self.device)(deltas, noise, rank, s).tolist()
+                before = self._l1_norms(idx, t).tolist()
+                weights = [w * (bb / aa) if d < 1 and aa >= L1_EPS and bb >= L1_EPS else w
+                           for w, bb, aa, d in zip(weights, before, kept, densities)]
+            s = _compiled.scalars(weights=weights, signs=signs, div_weights=div_weights if normalize else [0.0] * k,
+                                  a=a, b=b, lam=lam, divisor=divisor, device=self.device)
+            merge(out, base, deltas, noise, rank, s)
+        except Exception as exc:  # noqa: BLE001 - a compiler failure shows on first use
+            _compiled.disable(exc, plan, self.device)
+            return False
+        return True
+
+    def _band(self, idx: int, t: _Tensor, i: int, density: float, gamma: float) -> tuple[float, float] | None:
+        key = (idx, i, density, gamma)
+        if key not in self._bands:
+            self._bands[key] = breadcrumbs_thresholds(t.deltas[i], density=density, gamma=gamma)
+        return self._bands[key]
+
+    def _rank_norms(self, idx: int, t: _Tensor) -> torch.Tensor:
+        ranks = self._ranks.get(idx)
+        if ranks is None:
+            ranks = self._ranks[idx] = torch.stack([della_rank_norm(d.float().abs()) for d in t.deltas])
+        return ranks
 
     def _scratch(self, k: int, size: int) -> "_Scratch":
         """Chunk-sized fp32 buffers reused by every tensor and trial (the bounded scratch)."""

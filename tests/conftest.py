@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The merge engine's compiled kernels cost seconds to compile per method: only
+# tests/test_engine_compiled.py turns them on.
+os.environ.setdefault("AUTOMERGE_COMPILE", "0")
 
 import pytest
 import torch

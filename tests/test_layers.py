@@ -38,7 +38,7 @@ TOP_LEVEL = {
     "methods": "model", "checkpoints": "model", "recipe": "model", "mergekit_config": "model",
     "fisher": "model", "specialists": "model", "task_vectors": "model",
     "study_format": "format", "pareto": "format", "noise": "format",
-    "engine": "engine", "heal": "engine", "stream": "engine",
+    "engine": "engine", "heal": "engine", "resident": "engine", "stream": "engine",
     "eval": "eval",
     "search": "search",
     "report": "report",
