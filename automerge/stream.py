@@ -30,6 +30,7 @@ import torch
 from automerge.checkpoints import (
     SAFETENSORS_DTYPES,
     Checkpoint,
+    all_finite,
     check_compatible,
     check_output_dir,
     resolve_model_path,
@@ -287,12 +288,10 @@ class _RowReader:
             raise CheckpointError(f"cannot read tensor {name!r} from {file}: the file is shorter than its header "
                                   "says (truncated?); re-download or re-save it")
         values = raw.view(dtype)
-        if values.numel():
-            low, high = torch.aminmax(values)  # NaN makes both NaN, Inf one of them: one fast pass
-            if not (torch.isfinite(low) and torch.isfinite(high)):
-                raise CheckpointError(f"tensor {name!r} in {file} holds {int((~torch.isfinite(values)).sum())} "
-                                      f"NaN/Inf values (rows {start}-{stop - 1}); this checkpoint is broken "
-                                      "(diverged training or a bad conversion)")
+        if not all_finite(values):
+            raise CheckpointError(f"tensor {name!r} in {file} holds {int((~torch.isfinite(values)).sum())} "
+                                  f"NaN/Inf values (rows {start}-{stop - 1}); this checkpoint is broken "
+                                  "(diverged training or a bad conversion)")
         into.copy_(values)
 
 
