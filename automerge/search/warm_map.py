@@ -26,9 +26,9 @@ def warm_start_params(space: Any, recipe: Any, path: Path | str) -> dict[str, An
     None when the method is not searched or a value lies outside the space's ranges; SpaceError
     when the recipe's layer structure is finer than every grouping the space offers."""
     from automerge.checkpoints import Checkpoint, resolve_model_path
-    from automerge.layers import LayerGrouping, is_block_norm, layer_index
+    from automerge.layers import LayerGrouping
     from automerge.methods import get_method
-    from automerge.search.space import Choice, Range, spec_contains, group_names
+    from automerge.search.space import Choice, Range
 
     method = get_method(recipe.method)
     if recipe.method not in space.method_names:
@@ -52,21 +52,42 @@ def warm_start_params(space: Any, recipe: Any, path: Path | str) -> dict[str, An
         if conflict is None:
             break
     else:
-        (owner, pname), a, b, va, vb = conflict
-        who = f" of {owner}" if owner else ""
-        if is_block_norm(a) != is_block_norm(b) and layer_index(a) == layer_index(b):
-            fix = ("search spaces give a block's norms the value of its attention or MLP; give the norms that value "
-                   "in the recipe (e.g. a mergekit filter matching them), or run it alone with automerge merge")
-        else:
-            fix = (f"make {pname} per_group and add num_groups: {recipe.num_groups}"
-                   + (", split_attn_mlp: true" if recipe.split_attn_mlp else "")
-                   + " to layer_groups, or warm-start from a recipe with coarser values")
-        raise SpaceError(
-            f"--warm-start {path}: {pname}{who} is {va:g} for {a} but {vb:g} for {b}; every layer grouping this "
-            f"space offers (num_groups {space.layer_groups.group_choices}, split_attn_mlp "
-            f"{space.layer_groups.split_choices}, per_group where given) keeps both in one value, so the space "
-            f"cannot hold this recipe: {fix}"
-        )
+        raise _coarser_than_recipe(space, recipe, path, conflict)
+
+    params = _encode(space, recipe, method, keyed, grouped, num_groups, split, per_group)
+    if params is None:
+        return None
+    # The rule: the encoded params give every tensor the recipe's value.
+    rebuilt = space.recipe_from_params(params)
+    again = _per_tensor_values(rebuilt, method, names, rebuilt.grouping(num_layers))
+    return params if again == values else None
+
+
+def _coarser_than_recipe(space: Any, recipe: Any, path: Path | str, conflict: tuple) -> SpaceError:
+    """The error for a recipe whose values differ where every grouping of the space keeps one value."""
+    from automerge.layers import is_block_norm, layer_index
+
+    (owner, pname), a, b, va, vb = conflict
+    who = f" of {owner}" if owner else ""
+    if is_block_norm(a) != is_block_norm(b) and layer_index(a) == layer_index(b):
+        fix = ("search spaces give a block's norms the value of its attention or MLP; give the norms that value "
+               "in the recipe (e.g. a mergekit filter matching them), or run it alone with automerge merge")
+    else:
+        fix = (f"make {pname} per_group and add num_groups: {recipe.num_groups}"
+               + (", split_attn_mlp: true" if recipe.split_attn_mlp else "")
+               + " to layer_groups, or warm-start from a recipe with coarser values")
+    return SpaceError(
+        f"--warm-start {path}: {pname}{who} is {va:g} for {a} but {vb:g} for {b}; every layer grouping this "
+        f"space offers (num_groups {space.layer_groups.group_choices}, split_attn_mlp "
+        f"{space.layer_groups.split_choices}, per_group where given) keeps both in one value, so the space "
+        f"cannot hold this recipe: {fix}"
+    )
+
+
+def _encode(space: Any, recipe: Any, method: Any, keyed: dict, grouped: Any, num_groups: int, split: bool,
+            per_group: bool) -> dict[str, Any] | None:
+    """The space's params for per-space-key values `keyed`; None where a value is outside the space."""
+    from automerge.search.space import Choice, Range, group_names, spec_contains
 
     params: dict[str, Any] = {}
     if len(space.method_names) > 1:
@@ -95,10 +116,7 @@ def warm_start_params(space: Any, recipe: Any, path: Path | str) -> dict[str, An
             params[name] = want
         elif _fixed(spec, p.default) != want:
             return None
-    # The rule: the encoded params give every tensor the recipe's value.
-    rebuilt = space.recipe_from_params(params)
-    again = _per_tensor_values(rebuilt, method, names, rebuilt.grouping(num_layers))
-    return params if again == values else None
+    return params
 
 
 def _fixed(spec: Any, default: Any) -> Any:
