@@ -462,94 +462,29 @@ def fused_merge(
     weights = [float(pm["weight"]) for pm in per_model]
     lam = float(params.get("lambda", 1.0))
     normalize = bool(params.get("normalize", False))
-    n = out.numel()
-
     if method in ("linear", "task_arithmetic"):
-        total = sum(weights)
-        if method == "linear":
-            # sum_i w_i x_i (/ sum_i w_i) = c*b + sum_i c_i d_i; no chunks: two fused BLAS-like passes
-            scale = 1.0 / total if normalize else 1.0
-            base_coef, coef = total * scale, [w * scale for w in weights]
-        else:
-            divisor = total if normalize and abs(total) >= 1e-8 else 1.0
-            base_coef, coef = 1.0, [w * lam / divisor for w in weights]
-        for s in range(0, n, chunk):
-            e = min(s + chunk, n)
-            o = out[s:e]
-            if base_coef == 1.0:
-                torch.add(base[s:e], rows[0][s:e], alpha=coef[0], out=o)
-            else:
-                torch.mul(base[s:e], base_coef, out=o)
-                o.add_(rows[0][s:e], alpha=coef[0])
-            for i in range(1, k):
-                o.add_(rows[i][s:e], alpha=coef[i])
+        _weighted_sum(out, base, rows, method, weights, lam, normalize, chunk)
         return
 
+    n = out.numel()
     densities = [float(pm.get("density", 1.0)) for pm in per_model]
     div_weights = list(weights)  # mergekit divides by the weights, not by the L1-rescaled ones
     buf = scratch(k, min(chunk, n))
-    if method != "ties":  # dare_*: keep where noise < density; L1-rescale needs the kept norm first (pass 1)
-        if bool(params.get("rescale", True)):
-            kept = [0.0] * k
-            for s in range(0, n, chunk):
-                e = min(s + chunk, n)
-                c = e - s
-                for i in range(k):
-                    if densities[i] >= 1:
-                        continue
-                    torch.lt(noise_rows[i][s:e], densities[i], out=buf.keep[:c])
-                    buf.tmp[:c].copy_(rows[i][s:e]).abs_()  # fp32 scratch from any storage dtype
-                    kept[i] += float(torch.dot(buf.tmp[:c], buf.keep[:c]))
-            weights = [
-                w * (b / a) if d < 1 and a >= L1_EPS and b >= L1_EPS else w
-                for w, b, a, d in zip(weights, l1_norms, kept, densities)
-            ]
-    consensus = method in ("ties", "dare_ties")
-    all_positive = all(w > 0 for w in div_weights)
+    if method != "ties" and bool(params.get("rescale", True)):
+        weights = _dare_rescaled(weights, rows, densities, noise_rows, l1_norms, buf, chunk)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         c = e - s
         u = [x[:c] for x in buf.u]
-        keep, tmp, mixed, div = buf.keep[:c], buf.tmp[:c], buf.mixed[:c], buf.div[:c]
         # u_i = sparsify(d_i), unweighted; weights enter below as scalars
         for i in range(k):
-            d = rows[i][s:e]
-            if densities[i] >= 1:
-                u[i].copy_(d)
-                continue
-            if method == "ties":
-                tmp.copy_(d).abs_()  # abs(out=) refuses an fp32 out for bf16/fp16 storage
-                torch.ge(tmp, thresholds[i], out=keep)
-            else:
-                torch.lt(noise_rows[i][s:e], densities[i], out=keep)
-            torch.mul(d, keep, out=u[i])
-        if consensus:
-            # elected sign S = +1 where sum_i w_i u_i >= 0 else -1; entry i counts where w_i u_i S > 0.
-            # Each product rounded before the sum, as methods' reference: add_(alpha=) may fuse
-            # into an FMA, and then exact cancellations (frequent in bf16 task vectors) elect -1.
-            torch.mul(u[0], weights[0], out=mixed)
-            for i in range(1, k):
-                torch.mul(u[i], weights[i], out=tmp)
-                mixed.add_(tmp)
-            sign = buf.sign[:c]
-            torch.ge(mixed, 0, out=sign)
-            sign.mul_(2).sub_(1)
-            mixed.zero_()
-            div.zero_()
-            for i in range(k):
-                torch.mul(u[i], sign, out=tmp)
-                (torch.gt if weights[i] > 0 else torch.lt)(tmp, 0, out=keep)
-                mixed.addcmul_(u[i], keep, value=weights[i])
-                if normalize:
-                    div.add_(keep, alpha=div_weights[i])
-            if normalize:
-                if all_positive:
-                    div.clamp_min_(min(div_weights))  # 0 only where mixed is 0 too: mergekit's 0 -> 1
-                else:
-                    torch.eq(div, 0, out=keep)
-                    div.add_(keep)
-                mixed.div_(div)
+            _sparsify_rows(u[i], rows[i][s:e], densities[i], method,
+                           thresholds[i] if method == "ties" else None,
+                           None if method == "ties" else noise_rows[i][s:e], buf.keep[:c], buf.tmp[:c])
+        if method in ("ties", "dare_ties"):
+            mixed = _sign_consensus(u, weights, div_weights, normalize, buf, c)
         else:
+            mixed = buf.mixed[:c]
             torch.mul(u[0], weights[0], out=mixed)
             for i in range(1, k):
                 mixed.add_(u[i], alpha=weights[i])
@@ -557,6 +492,95 @@ def fused_merge(
                 total = sum(div_weights)
                 mixed.div_(1.0 if abs(total) < 1e-8 else total)
         torch.add(base[s:e], mixed, alpha=lam, out=out[s:e])
+
+
+def _weighted_sum(out: torch.Tensor, base: torch.Tensor, rows: list[torch.Tensor], method: str,
+                  weights: list[float], lam: float, normalize: bool, chunk: int) -> None:
+    """linear and task arithmetic: out = c*b + sum_i c_i d_i, chunk by chunk."""
+    total = sum(weights)
+    if method == "linear":
+        # sum_i w_i x_i (/ sum_i w_i) = c*b + sum_i c_i d_i
+        scale = 1.0 / total if normalize else 1.0
+        base_coef, coef = total * scale, [w * scale for w in weights]
+    else:
+        divisor = total if normalize and abs(total) >= 1e-8 else 1.0
+        base_coef, coef = 1.0, [w * lam / divisor for w in weights]
+    n = out.numel()
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        o = out[s:e]
+        if base_coef == 1.0:
+            torch.add(base[s:e], rows[0][s:e], alpha=coef[0], out=o)
+        else:
+            torch.mul(base[s:e], base_coef, out=o)
+            o.add_(rows[0][s:e], alpha=coef[0])
+        for i in range(1, len(rows)):
+            o.add_(rows[i][s:e], alpha=coef[i])
+
+
+def _dare_rescaled(weights: list[float], rows: list[torch.Tensor], densities: list[float],
+                   noise_rows: list[torch.Tensor], l1_norms: list[float], buf: "_Scratch", chunk: int) -> list[float]:
+    """DARE's L1 rescale folded into the weights: w_i * ||d_i||_1 / ||kept d_i||_1 (a first pass:
+    the kept norm is known only after every chunk's mask)."""
+    n = rows[0].numel()
+    kept = [0.0] * len(rows)
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        c = e - s
+        for i in range(len(rows)):
+            if densities[i] >= 1:
+                continue
+            torch.lt(noise_rows[i][s:e], densities[i], out=buf.keep[:c])
+            buf.tmp[:c].copy_(rows[i][s:e]).abs_()  # fp32 scratch from any storage dtype
+            kept[i] += float(torch.dot(buf.tmp[:c], buf.keep[:c]))
+    return [w * (b / a) if d < 1 and a >= L1_EPS and b >= L1_EPS else w
+            for w, b, a, d in zip(weights, l1_norms, kept, densities)]
+
+
+def _sparsify_rows(u: torch.Tensor, d: torch.Tensor, density: float, method: str, threshold: float | None,
+                   noise: torch.Tensor | None, keep: torch.Tensor, tmp: torch.Tensor) -> None:
+    """u = d where kept, else 0: TIES keeps |d| >= threshold, DARE keeps noise < density."""
+    if density >= 1:
+        u.copy_(d)
+        return
+    if method == "ties":
+        tmp.copy_(d).abs_()  # abs(out=) refuses an fp32 out for bf16/fp16 storage
+        torch.ge(tmp, threshold, out=keep)
+    else:
+        torch.lt(noise, density, out=keep)
+    torch.mul(d, keep, out=u)
+
+
+def _sign_consensus(u: list[torch.Tensor], weights: list[float], div_weights: list[float], normalize: bool,
+                    buf: "_Scratch", c: int) -> torch.Tensor:
+    """TIES' sign election and disjoint merge of one chunk, into buf.mixed[:c].
+
+    Elected sign S = +1 where sum_i w_i u_i >= 0 else -1; entry i counts where w_i u_i S > 0.
+    Each product is rounded before the sum, as methods' reference: add_(alpha=) may fuse into an
+    FMA, and then exact cancellations (frequent in bf16 task vectors) elect -1."""
+    keep, tmp, mixed, div, sign = buf.keep[:c], buf.tmp[:c], buf.mixed[:c], buf.div[:c], buf.sign[:c]
+    torch.mul(u[0], weights[0], out=mixed)
+    for i in range(1, len(u)):
+        torch.mul(u[i], weights[i], out=tmp)
+        mixed.add_(tmp)
+    torch.ge(mixed, 0, out=sign)
+    sign.mul_(2).sub_(1)
+    mixed.zero_()
+    div.zero_()
+    for i in range(len(u)):
+        torch.mul(u[i], sign, out=tmp)
+        (torch.gt if weights[i] > 0 else torch.lt)(tmp, 0, out=keep)
+        mixed.addcmul_(u[i], keep, value=weights[i])
+        if normalize:
+            div.add_(keep, alpha=div_weights[i])
+    if normalize:
+        if all(w > 0 for w in div_weights):
+            div.clamp_min_(min(div_weights))  # 0 only where mixed is 0 too: mergekit's 0 -> 1
+        else:
+            torch.eq(div, 0, out=keep)
+            div.add_(keep)
+        mixed.div_(div)
+    return mixed
 
 
 @dataclass
