@@ -51,6 +51,7 @@ from _report import RESULTS, machine, write_section  # noqa: E402
 
 import argparse
 import datetime
+import functools
 import hashlib
 import json
 import math
@@ -166,18 +167,20 @@ def bench_space(base_space, *, models: Path | None, seed: int, sampler: str, tri
     return SearchSpace.from_dict(data, source="quality bench space")
 
 
-def grid_recipes(space) -> list[tuple[str, object]]:
-    """The hand grid a user would try (see the module doc), as recipes of the space's specialists."""
+def _recipe(space, method: str, wc: float, wl: float, extra_model: dict | None = None, **params):
+    """A recipe of the space's two specialists with weights wc (code) and wl (lang)."""
     from automerge.recipe import ModelSpec, Recipe
 
     code, lang = space.specialists[0], space.specialists[1]
+    models = [ModelSpec(name=s.name, path=s.path, parameters={"weight": w, **(extra_model or {})})
+              for s, w in ((code, wc), (lang, wl))]
+    return Recipe(method=method, base=space.base, models=models, parameters=params, seed=space.seed,
+                  dtype=space.dtype)
 
-    def recipe(method, wc, wl, extra_model=None, **params):
-        models = [ModelSpec(name=s.name, path=s.path, parameters={"weight": w, **(extra_model or {})})
-                  for s, w in ((code, wc), (lang, wl))]
-        return Recipe(method=method, base=space.base, models=models, parameters=params, seed=space.seed,
-                      dtype=space.dtype)
 
+def grid_recipes(space) -> list[tuple[str, object]]:
+    """The hand grid a user would try (see the module doc), as recipes of the space's specialists."""
+    recipe = functools.partial(_recipe, space)
     out = []
     for i in range(11):
         w = i / 10
@@ -198,17 +201,11 @@ def ceiling_recipes(space) -> list[tuple[str, object]]:
     s = λ_code + λ_lang in CEILING_SCALES, code fraction 0, 0.1, …, 1. Scored on the holdout only
     (it is not a variant: nothing picks from it), it says how much hypervolume the grid leaves on
     the table in that family, i.e. what a search of it can gain at most over the grid."""
-    from automerge.recipe import ModelSpec, Recipe
-
-    code, lang = space.specialists[0], space.specialists[1]
     out = []
     for total in CEILING_SCALES:
         for i in range(11):
             wc, wl = total * i / 10, total * (1 - i / 10)
-            models = [ModelSpec(name=s.name, path=s.path, parameters={"weight": w}) for s, w in ((code, wc), (lang, wl))]
-            out.append((f"TA {wc:.3g}/{wl:.3g}", Recipe(method="task_arithmetic", base=space.base, models=models,
-                                                         parameters={"lambda": 1.0}, seed=space.seed,
-                                                         dtype=space.dtype)))
+            out.append((f"TA {wc:.3g}/{wl:.3g}", _recipe(space, "task_arithmetic", wc, wl, **{"lambda": 1.0})))
     return out
 
 
@@ -440,9 +437,12 @@ def main(argv=None) -> None:
                               and any(dominates(t, y) for y in run["trials"] if y["kind"] == "reference")][:5]}
     if args.ceiling:
         pts = []
-        for label, recipe in ceiling_recipes(first):
-            inner.merger.apply(recipe)
-            pts.append({"label": label, "hold": holdout(inner.merger.model)})
+        for label, recipe in ceiling_recipes(first):   # grid and baseline merges are scored already
+            key = recipe_key(recipe)
+            if key not in hold_cache:
+                inner.merger.apply(recipe)
+                hold_cache[key] = holdout(inner.merger.model)
+            pts.append({"label": label, "hold": hold_cache[key]})
         every = pts + grid["points"] + [t for per_seed in runs.values() for run in per_seed.values()
                                         for t in run["trials"] if t["kind"] == "search"]
         table["ceiling"] = {"hv_ta": holdout_hv(pts, ref), "hv_every": holdout_hv(every, ref), "points": pts}
