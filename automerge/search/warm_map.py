@@ -38,7 +38,7 @@ def warm_start_params(space: Any, recipe: Any, path: Path | str) -> dict[str, An
     own = recipe.grouping(num_layers)
     values = _per_tensor_values(recipe, method, names, own)  # (owner, param) -> {tensor: value}
 
-    per_group = space._any_per_group(recipe.method)
+    per_group = space.any_per_group(recipe.method)
     candidates = [(g, s) for g in space.layer_groups.group_choices for s in space.layer_groups.split_choices
                   if g <= num_layers] if per_group else [(1, False)]
     def grouped(owner: str | None, pname: str) -> bool:  # can the space vary this parameter by group?

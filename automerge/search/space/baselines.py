@@ -70,7 +70,7 @@ class Baselines:
         if len(self.method_names) > 1:
             params["method"] = method
         groups: list[str] = []
-        if self._any_per_group(method):
+        if self.any_per_group(method):
             g = self.layer_groups.group_choices[0]
             s = self.layer_groups.split_choices[0]
             if len(self.layer_groups.group_choices) > 1:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 class Suggestion:
     """Trial -> recipe for `SearchSpace` (mixed into it)."""
 
-    def _any_per_group(self, method: str | None = None) -> bool:
+    def any_per_group(self, method: str | None = None) -> bool:
         from automerge.methods import METHODS
 
         for name in [method] if method else self.method_names:
@@ -36,7 +36,7 @@ class Suggestion:
         method = trial.suggest_categorical("method", methods) if len(methods) > 1 else methods[0]
         m = METHODS[method]
         num_groups, split = 1, False
-        if self._any_per_group(method):
+        if self.any_per_group(method):
             g_choices = self.layer_groups.group_choices
             s_choices = self.layer_groups.split_choices
             num_groups = trial.suggest_categorical("num_groups", g_choices) if len(g_choices) > 1 else g_choices[0]

@@ -197,7 +197,7 @@ class SpaceChecks:
         self._check_data_files()
         layers = base.num_layers
         too_many = [g for g in self.layer_groups.group_choices if g > layers]
-        if too_many and self._any_per_group():
+        if too_many and self.any_per_group():
             raise SpaceError(f"{src}: layer_groups.num_groups: {too_many[0]} groups but the base has only "
                              f"{layers} layers; use at most {layers}")
         return {"num_layers": layers}
