@@ -115,7 +115,7 @@ class ResidentMerger:
         self.fisher_paths = {k: Path(v) for k, v in (fisher or {}).items()}
         # On a GPU one chunk is a whole tensor (kernel launches are the cost); on a CPU a chunk
         # fits in cache, so the fused kernel's intermediate passes never touch DRAM.
-        self.chunk = chunk_elements or (1 << 26 if self.device.type == "cuda" else 1 << 16)
+        self.chunk = chunk_elements or default_chunk(self.device)
 
         # Each checkpoint tensor is read once, into its resident place: the base into the live
         # parameter (then copied to the resident base), a specialist into the subtraction that
@@ -591,6 +591,12 @@ class _Scratch:
     mixed: torch.Tensor
     div: torch.Tensor
     sign: torch.Tensor
+
+
+def default_chunk(device: torch.device) -> int:
+    """Elements per fused-kernel chunk: cache-sized on a CPU, large on a GPU. DARE's L1 sums are
+    accumulated per chunk, so the streamed and resident merges must use the same rule."""
+    return 1 << 26 if device.type == "cuda" else 1 << 16
 
 
 def fusable(method: str, params: Mapping) -> bool:

@@ -39,7 +39,7 @@ from automerge.checkpoints import (
     write_index,
     write_source_files,
 )
-from automerge.engine import DTYPES, ResidentMerger, fusable, fused_merge, pick_device
+from automerge.engine import DTYPES, ResidentMerger, default_chunk, fusable, fused_merge, pick_device
 from automerge.errors import CheckpointError, RecipeError
 from automerge.files import staged_dir
 from automerge.methods import MergeMethod, get_method, magnitude_threshold, random_noise
@@ -96,7 +96,7 @@ class StreamedMerge:
         recipe.validate_for(None)
         self.device = pick_device(device)
         # As ResidentMerger: DARE's kept-L1 sum runs per chunk, so the chunk is part of the result.
-        self.chunk = 1 << 26 if self.device.type == "cuda" else 1 << 16
+        self.chunk = default_chunk(self.device)
         # linear needs no base; the first model then serves as the reference its task vectors start from.
         self.base = Checkpoint.open(resolve_model_path(recipe.base or recipe.models[0].path))
         self.specialists = [open_specialist(m.path, base=self.base) for m in recipe.models]
